@@ -1,0 +1,52 @@
+"""Application metrics exported through Ray's Prometheus endpoint (next to Serve's own)."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from ray.util.metrics import Counter, Histogram
+
+
+@cache
+def _uploads() -> Counter:
+    return Counter(
+        "ise_uploads_total",
+        description="Uploaded files by outcome (indexed, duplicate, rejected).",
+        tag_keys=("outcome",),
+    )
+
+
+@cache
+def _searches() -> Counter:
+    return Counter("ise_searches_total", description="Searches served.", tag_keys=("kind",))
+
+
+@cache
+def _batch_size() -> Histogram:
+    return Histogram(
+        "ise_embed_batch_size",
+        description="Images per embedding forward pass.",
+        boundaries=[1, 2, 4, 8, 16, 32, 64],
+    )
+
+
+@cache
+def _batch_seconds() -> Histogram:
+    return Histogram(
+        "ise_embed_batch_seconds",
+        description="Seconds per embedding forward pass.",
+        boundaries=[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5],
+    )
+
+
+def count_upload(outcome: str, n: int = 1) -> None:
+    _uploads().inc(n, tags={"outcome": outcome})
+
+
+def count_search(kind: str) -> None:
+    _searches().inc(1, tags={"kind": kind})
+
+
+def observe_batch(size: int, seconds: float) -> None:
+    _batch_size().observe(size)
+    _batch_seconds().observe(seconds)

@@ -1,0 +1,184 @@
+"""Shared fixtures: one real Ray cluster (`ray start`) per session, Serve apps on it, photos."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+# Before anything imports ray: keep every Ray process on loopback, with no usage reporting.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# The test cluster runs without token auth whatever state ~/.ray is in, and so do its clients.
+os.environ["RAY_AUTH_MODE"] = "disabled"
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 120.0, ok: Callable[[httpx.Response], bool] | None = None) -> None:
+    """Poll until the URL answers (200 unless `ok` says otherwise); never sleep blindly."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.get(url, timeout=5)
+            if (ok or (lambda resp: resp.status_code == 200))(r):
+                return
+            last = r.text[:300]
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not ready after {timeout}s: {last}")
+
+
+# -- photos -------------------------------------------------------------------------------------
+COLOR = ["astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field",
+         "retina"]  # fmt: skip
+GRAY = ["camera", "moon", "page", "coins", "text", "brick", "grass", "gravel", "cell", "clock"]
+
+
+def _real_photos() -> dict[str, np.ndarray]:
+    """20 distinct real photos shipped by scikit-image and scikit-learn (no download)."""
+    from skimage import data
+    from sklearn.datasets import load_sample_images  # type: ignore[import-untyped]
+
+    photos: dict[str, np.ndarray] = {name: getattr(data, name)()[..., :3] for name in COLOR}
+    for name in GRAY:
+        photos[name] = np.stack([getattr(data, name)().astype(np.uint8)] * 3, axis=-1)
+    photos["motorcycle"] = data.stereo_motorcycle()[0]
+    for name, img in zip(["china", "flower"], load_sample_images().images, strict=True):
+        photos[name] = img
+    return {k: np.ascontiguousarray(v, dtype=np.uint8) for k, v in photos.items()}
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, bytes]:
+    """Real photos (scikit-image, scikit-learn) as JPEG bytes, name -> bytes."""
+    out: dict[str, bytes] = {}
+    for name, arr in _real_photos().items():
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="JPEG", quality=92)
+        out[name] = buf.getvalue()
+    return out
+
+
+# -- Ray ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A real single-node cluster from `ray start --head` on 127.0.0.1; the test process joins it.
+
+    Yields {"address": GCS address, "dashboard": http URL for `ray job submit`}.
+    """
+    port, dash = free_port(), free_port()
+    env = {**os.environ}
+    temp = Path("/tmp") / f"ray-ise-{os.getpid()}"
+    cmd = [
+        str(VENV_BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1",
+        f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+        "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={temp}",
+        "--num-cpus=2",
+    ]  # fmt: skip
+    subprocess.run(cmd, check=True, env=env, cwd=ROOT, capture_output=True, timeout=120)
+    info = {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}"}
+    try:
+        wait_http(info["dashboard"] + "/api/version", timeout=60)
+        import ray
+
+        ray.init(address=info["address"], namespace="serve")
+        yield info
+    finally:
+        import ray
+
+        if ray.is_initialized():
+            try:
+                from ray import serve
+
+                serve.shutdown()
+            finally:
+                ray.shutdown()
+        subprocess.run([str(VENV_BIN / "ray"), "stop", "--force"], env=env, capture_output=True,
+                       timeout=120)  # fmt: skip
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def serve_http(ray_cluster: dict[str, str]) -> str:
+    """Start Serve's HTTP proxy once on a free loopback port; returns its base URL."""
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return f"http://127.0.0.1:{port}"
+
+
+AppFactory = Callable[..., str]
+
+
+@pytest.fixture(scope="session")
+def make_app(serve_http: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppFactory]:
+    """Deploy a Serve app (the real graph) on its own data directory and route prefix.
+
+    make_app(name, overrides={...}) -> base URL such as http://127.0.0.1:PORT/name
+    """
+    from ray import serve
+
+    from deployments.graph import build_app, serve_config_options
+
+    started: list[tuple[str, Path]] = []
+
+    def factory(name: str, overrides: dict[str, Any] | None = None, ready: bool = True) -> str:
+        data = tmp_path_factory.mktemp(f"app-{name}")
+        base_overrides = {
+            "data_dir": str(data),
+            "stores.metadata_uri": f"sqlite:///{data}/meta.db",
+            "stores.objects_uri": f"file://{data}/objects",
+            "stores.vectors_uri": f"{data}/vectors.db",
+            "stores.lite_port": free_port(),
+            "model.cache_dir": str(data / "models"),
+        }
+        base_overrides.update(overrides or {})
+        options = serve_config_options(ROOT / "serve_config.yaml")
+        app = build_app({"config": str(ROOT / "config.yaml"), "overrides": base_overrides,
+                         "deployment_options": options})  # fmt: skip
+        prefix = f"/{name}"
+        serve.run(app, name=name, route_prefix=prefix, blocking=False)
+        started.append((name, Path(str(base_overrides["stores.vectors_uri"]))))
+        url = serve_http + prefix
+        if ready:
+            wait_http(url + "/readyz", timeout=180)
+        return url
+
+    yield factory
+    from deployments.stores.lite_server import stop_lite_server
+
+    for name, vectors in started:
+        try:
+            serve.delete(name)
+        finally:
+            if "://" not in str(vectors):
+                stop_lite_server(vectors)
+
+
+@pytest.fixture(scope="session")
+def app_url(make_app: AppFactory) -> str:
+    """The embedded-defaults app that most integration and e2e tests share."""
+    return make_app("embedded")

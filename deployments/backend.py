@@ -39,9 +39,9 @@ def _iso(dt: datetime) -> str:
 class ServeBackend:
     def __init__(
         self,
-        decoder: DeploymentHandle,
-        embedder: DeploymentHandle,
-        indexer: DeploymentHandle,
+        decoder: DeploymentHandle[Any],
+        embedder: DeploymentHandle[Any],
+        indexer: DeploymentHandle[Any],
         settings: Settings,
     ) -> None:
         self.decoder = decoder

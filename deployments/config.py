@@ -1,4 +1,4 @@
-"""One validated settings object: config.yaml, overridden by ISE__SECTION__KEY environment variables."""
+"""One validated settings object: config.yaml, overridden by ISE__SECTION__KEY variables."""
 
 from __future__ import annotations
 
@@ -98,7 +98,9 @@ class Settings(_Section):
             and self.stores.objects_uri.startswith("s3://")
             and self.stores.s3_secret_key in _DEFAULT_SECRETS
         ):
-            raise ValueError("production refuses the default S3 secret: set ISE__STORES__S3_SECRET_KEY")
+            raise ValueError(
+                "production refuses the default S3 secret: set ISE__STORES__S3_SECRET_KEY"
+            )
         if self.environment == "production" and ":changeme@" in self.stores.metadata_uri:
             raise ValueError("production refuses the default database password")
         return self

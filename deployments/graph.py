@@ -22,10 +22,10 @@ from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
 from deployments import metrics
+from deployments.backend import ServeBackend
 from deployments.config import Settings, load_settings, settings_from_json, settings_to_json
 from deployments.embedding import load_embedder, model_dim, model_spec
 from deployments.errors import SearchEngineError, StoreUnavailable
-from deployments.backend import ServeBackend
 from deployments.http import app, set_backend
 from deployments.imaging import ContentInfo, DecodedImage, decode
 from deployments.indexing import Hit, IndexService, IngestItem, Plan
@@ -63,8 +63,9 @@ class Embedder:
         self.model.embed(np.zeros((1, spec.crop, spec.crop, 3), dtype=np.uint8))
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        self.embed.set_max_batch_size(int(user_config.get("max_batch_size", 16)))
-        self.embed.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", 0.01)))
+        batched: Any = self.embed  # @serve.batch adds these setters; mypy cannot see them
+        batched.set_max_batch_size(int(user_config.get("max_batch_size", 16)))
+        batched.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", 0.01)))
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def embed(self, images: list[DecodedImage]) -> list[np.ndarray]:
@@ -165,8 +166,8 @@ class Indexer:
     async def get(self, meta_uuid: str) -> ImageRecord:
         return await self._run(self.svc.get, meta_uuid)
 
-    async def list(self, offset: int, limit: int) -> tuple[list[ImageRecord], int]:
-        return await self._run(self.svc.list, offset, limit)
+    async def page(self, offset: int, limit: int) -> tuple[list[ImageRecord], int]:
+        return await self._run(self.svc.page, offset, limit)
 
     async def counts(self) -> tuple[int, int]:
         return await self._run(self.svc.counts)
@@ -209,9 +210,9 @@ class Ingress:
 
     def __init__(
         self,
-        decoder: DeploymentHandle,
-        embedder: DeploymentHandle,
-        indexer: DeploymentHandle,
+        decoder: DeploymentHandle[Decoder],
+        embedder: DeploymentHandle[Embedder],
+        indexer: DeploymentHandle[Indexer],
         settings_json: str,
     ) -> None:
         set_backend(ServeBackend(decoder, embedder, indexer, settings_from_json(settings_json)))
@@ -231,9 +232,10 @@ def build_app(args: dict[str, Any]) -> Application:
     def opt(d: Any) -> Any:
         return d.options(**opts[d.name]) if d.name in opts else d
 
-    return opt(Ingress).bind(
+    graph: Application = opt(Ingress).bind(
         opt(Decoder).bind(sj), opt(Embedder).bind(sj), opt(Indexer).bind(sj), sj
     )
+    return graph
 
 
 def serve_config_options(path: str | Path = "serve_config.yaml") -> dict[str, dict[str, Any]]:

@@ -147,7 +147,10 @@ async def _read(file: UploadFile, limit: int) -> bytes:
 
 @app.post("/meta/image/file")
 async def upload(
-    request: Request, be: Backend, file: UploadFile = File(...), meta_uuid: str | None = Form(None)
+    request: Request,
+    be: Backend,
+    file: Annotated[UploadFile, File()],
+    meta_uuid: Annotated[str | None, Form(max_length=64)] = None,
 ) -> dict[str, Any]:
     data = await _read(file, be.settings.limits.max_upload_bytes)
     rec = await be.index_one(data, file.filename or "", _check_uuid(meta_uuid))
@@ -157,7 +160,7 @@ async def upload(
 
 @app.post("/meta/image/files")
 async def upload_many(
-    request: Request, be: Backend, file: list[UploadFile] = File(...)
+    request: Request, be: Backend, file: Annotated[list[UploadFile], File()]
 ) -> dict[str, Any]:
     """Batch upload: many `file` parts, embedded as one batch; one outcome per file."""
     limits = be.settings.limits
@@ -168,7 +171,8 @@ async def upload_many(
     records = [r for r in results if isinstance(r, ImageRecord)]
     shown = iter(await be.present(request, records))
     items = [
-        {"file_name": name, "succeed": True, "status": 200, "message": "indexed", "data": next(shown)}
+        {"file_name": name, "succeed": True, "status": 200, "message": "indexed",
+         "data": next(shown)}  # fmt: skip
         if isinstance(res, ImageRecord)
         else {"file_name": name, "succeed": False, "status": res.status, "message": res.message}
         for (_, name), res in zip(uploads, results, strict=True)
@@ -183,10 +187,10 @@ async def upload_many(
 async def list_images(
     request: Request,
     be: Backend,
-    offset: int = Query(0, ge=0),
-    limit: int = Query(20, ge=1, le=1000),
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 20,
 ) -> dict[str, Any]:
-    records, total = await be.indexer.list.remote(offset, limit)
+    records, total = await be.indexer.page.remote(offset, limit)
     return ok(data=await be.present(request, records), total=total)
 
 
@@ -198,7 +202,7 @@ async def count(be: Backend) -> dict[str, Any]:
 
 @app.delete("/meta/image/images")
 async def delete_all(
-    be: Backend, request: Request, recreate_table: bool = Query(False)
+    be: Backend, request: Request, recreate_table: Annotated[bool, Query()] = False
 ) -> dict[str, Any]:
     be.check_admin(request)
     n = await be.indexer.delete_all.remote()
@@ -248,10 +252,10 @@ def _hits(hits: list[Hit], shown: list[dict[str, Any]]) -> list[dict[str, Any]]:
 async def search(
     request: Request,
     be: Backend,
-    file: UploadFile = File(...),
-    offset: int = Form(0, ge=0),
-    limit: int = Form(100, ge=1),
-    threshold: float | None = Form(None, ge=0.0, le=4.0),
+    file: Annotated[UploadFile, File()],
+    offset: Annotated[int, Form(ge=0)] = 0,
+    limit: Annotated[int, Form(ge=1)] = 100,
+    threshold: Annotated[float | None, Form(ge=0.0, le=4.0)] = None,
 ) -> dict[str, Any]:
     be.check_limit(offset, limit)
     data = await _read(file, be.settings.limits.max_upload_bytes)
@@ -265,9 +269,9 @@ async def search_stored(
     meta_uuid: str,
     request: Request,
     be: Backend,
-    offset: int = Query(0, ge=0),
-    limit: int = Query(100, ge=1),
-    threshold: float | None = Query(None, ge=0.0, le=4.0),
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1)] = 100,
+    threshold: Annotated[float | None, Query(ge=0.0, le=4.0)] = None,
 ) -> dict[str, Any]:
     """Search with an image that is already stored: no upload, no embedding."""
     be.check_limit(offset, limit)

@@ -1,4 +1,4 @@
-"""Bytes -> validated RGB pixels: format sniffing, size limits, EXIF orientation, mode conversion."""
+"""Bytes -> validated RGB pixels: sniffing, size limits, EXIF orientation, mode conversion."""
 
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def open_rgb(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+            im: Image.Image = Image.open(io.BytesIO(data))
             width, height = im.size
             if width <= 0 or height <= 0:
                 raise InvalidImage("image has no pixels")

@@ -99,7 +99,8 @@ class IndexService:
         with_vec = [it for it in items if it.vector is not None]
         if with_vec:
             ids = [it.new.milvus_id for it in with_vec]
-            st.vectors.upsert(ids, np.stack([it.vector for it in with_vec if it.vector is not None]))
+            vectors = np.stack([it.vector for it in with_vec if it.vector is not None])
+            st.vectors.upsert(ids, vectors)
         missing = self._missing_vectors([it for it in items if it.vector is None])
         for item in items:
             if item.new.milvus_id in missing:
@@ -153,9 +154,9 @@ class IndexService:
             raise NotFound(f"image {meta_uuid!r} not found")
         return rec
 
-    def list(self, offset: int, limit: int) -> tuple[list[ImageRecord], int]:
+    def page(self, offset: int, limit: int) -> tuple[list[ImageRecord], int]:
         md = self.stores.metadata
-        return md.list(offset, limit), md.count()
+        return md.page(offset, limit), md.count()
 
     def counts(self) -> tuple[int, int]:
         return self.stores.metadata.count(), self.stores.vectors.count()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -34,7 +36,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_http(url: str, timeout: float = 120.0, ok: Callable[[httpx.Response], bool] | None = None) -> None:
+def wait_http(
+    url: str, timeout: float = 120.0, ok: Callable[[httpx.Response], bool] | None = None
+) -> None:
     """Poll until the URL answers (200 unless `ok` says otherwise); never sleep blindly."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -82,6 +86,44 @@ def photos() -> dict[str, bytes]:
 
 
 # -- Ray ----------------------------------------------------------------------------------------
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        tree.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    return tree
+
+
+def stop_cluster(marker: str, timeout: float = 20.0) -> None:
+    """Stop only the Ray processes of one cluster (identified by its temp dir), with children.
+
+    `ray stop` would end every Ray cluster on the machine, including a developer's service.
+    """
+    roots = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if marker in cmdline.read_bytes().decode(errors="replace"):
+                roots.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    tree, pids, stack = _children(), set(), list(roots)
+    while stack:
+        pid = stack.pop()
+        if pid not in pids and pid != os.getpid():
+            pids.add(pid)
+            stack.extend(tree.get(pid, []))
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + timeout / 2
+        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+            time.sleep(0.2)
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A real single-node cluster from `ray start --head` on 127.0.0.1; the test process joins it.
@@ -115,8 +157,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
                 serve.shutdown()
             finally:
                 ray.shutdown()
-        subprocess.run([str(VENV_BIN / "ray"), "stop", "--force"], env=env, capture_output=True,
-                       timeout=120)  # fmt: skip
+        stop_cluster(str(temp))
         shutil.rmtree(temp, ignore_errors=True)
 
 

@@ -78,4 +78,5 @@ class TorchEmbedder:
             feats = self.network(x)
         feats = feats.float()
         feats = feats / feats.norm(dim=1, keepdim=True).clamp(min=1e-12)
-        return feats.numpy().astype(np.float32, copy=False)
+        out: np.ndarray = feats.numpy().astype(np.float32, copy=False)
+        return out

@@ -193,7 +193,7 @@ class SqlMetadataStore:
 
         return self._read(q)
 
-    def list(self, offset: int, limit: int) -> list[ImageRecord]:
+    def page(self, offset: int, limit: int) -> list[ImageRecord]:
         stmt = select(Image).order_by(Image.id.desc()).offset(offset).limit(limit)
         return self._read(lambda s: [r.record() for r in s.scalars(stmt)])
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,7 +44,10 @@ def init_local_ray(address: str | None = None, **kwargs: Any) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Exactly `serve run serve_config.yaml`, with Ray pinned to 127.0.0.1 first."""
+    """`serve run serve_config.yaml`, with Ray pinned to 127.0.0.1 and host/port from settings."""
+    import tempfile
+
+    import yaml
     from ray.serve.scripts import run as serve_run
 
     from deployments.config import load_settings
@@ -52,15 +56,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.config:
         # Replicas build their settings from ISE_CONFIG; they inherit this environment.
         os.environ["ISE_CONFIG"] = str(Path(args.config).resolve())
+    doc = yaml.safe_load(Path(args.serve_config).read_text(encoding="utf-8"))
+    doc.setdefault("http_options", {}).update(
+        host=settings.server.host, port=settings.server.port
+    )
+    # SIGTERM (service managers, tests) must unwind like Ctrl-C so Ray and Milvus Lite stop.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     init_local_ray(args.address, namespace="serve")
     logger.info("dashboard: http://127.0.0.1:8265  API: http://%s:%d/docs",
                 settings.server.host, settings.server.port)  # fmt: skip
-    try:
-        serve_run.main(args=[args.serve_config], standalone_mode=False)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        _stop_embedded_vectors(settings.stores.vectors_uri)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="serve-") as effective:
+        yaml.safe_dump(doc, effective)
+        effective.flush()
+        try:
+            serve_run.main(args=[effective.name], standalone_mode=False)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            _stop_embedded_vectors(settings.stores.vectors_uri)
     return 0
 
 

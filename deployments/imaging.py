@@ -90,7 +90,7 @@ def open_rgb(
 
     Also returns the upright full-resolution size, which JPEG draft decoding would hide.
     """
-    sniff(data)
+    ext, _ = sniff(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -117,7 +117,8 @@ def open_rgb(
     except (ImageTooLarge, InvalidImage):
         raise
     except UnidentifiedImageError as exc:
-        raise UnsupportedImage(f"cannot identify image: {exc}") from exc
+        # The magic bytes said `ext`, so this is a broken file of a supported format.
+        raise InvalidImage(f"corrupt image: cannot be decoded as {ext}") from exc
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         # PIL reports truncated/corrupt data as OSError/SyntaxError/EOFError depending on codec.
         raise InvalidImage(f"corrupt or truncated image: {exc}") from exc

@@ -1,0 +1,244 @@
+"""The HTTP API on a real Ray Serve graph: the original front end's calls, additions, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.integration
+
+META_FIELDS = {"id", "meta_uuid", "hash_code", "milvus_id", "file_name", "file_path",
+               "created_at", "updated_at", "file_url", "file_relative_url"}  # fmt: skip
+
+
+def jpeg(arr: np.ndarray, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def noise_jpeg(seed: int) -> bytes:
+    return jpeg(np.random.default_rng(seed).integers(0, 255, (64, 96, 3), dtype=np.uint8))
+
+
+@pytest.fixture
+def client(app_url: str) -> httpx.Client:
+    return httpx.Client(base_url=app_url, timeout=120)
+
+
+def assert_envelope(body: dict[str, Any], succeed: bool) -> None:
+    assert body["succeed"] is succeed and isinstance(body["message"], str)
+
+
+def test_health_and_readiness(client: httpx.Client) -> None:
+    assert client.get("/healthz").json()["succeed"] is True
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"metadata": "ok", "objects": "ok", "vectors": "ok",
+                                      "model": "ok"}  # fmt: skip
+    assert client.get("/", headers={"accept": "application/json"}).json()["message"] == "Hello World"
+
+
+def test_original_front_end_replay(client: httpx.Client, photos: dict[str, bytes]) -> None:
+    """The calls image_search_web makes, with its field names and defaults."""
+    names = ["coffee", "rocket", "astronaut"]
+    uploaded = {}
+    for name in names:
+        r = client.post("/meta/image/file", files={"file": (f"{name}.jpg", photos[name])},
+                        data={"meta_uuid": f"fe-{name}"})  # fmt: skip
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert_envelope(body, True)
+        assert META_FIELDS <= set(body["data"])
+        assert body["data"]["meta_uuid"] == f"fe-{name}"
+        assert isinstance(body["data"]["milvus_id"], int) and body["data"]["milvus_id"] >= 0
+        uploaded[name] = body["data"]
+
+    page = client.get("/meta/image", params={"offset": 0, "limit": 2}).json()
+    assert_envelope(page, True)
+    assert len(page["data"]) == 2 and page["total"] >= 3
+    assert all(META_FIELDS <= set(d) for d in page["data"])
+    ids = [d["id"] for d in page["data"]]
+    assert ids == sorted(ids, reverse=True)  # newest first, a stable order
+    second = client.get("/meta/image", params={"offset": 2, "limit": 2}).json()["data"]
+    assert not {d["id"] for d in second} & set(ids)
+
+    counts = client.get("/meta/image/count").json()
+    assert counts["image_count"] >= 3 and counts["vector_count"] >= 3
+
+    got = client.get("/meta/image/fe-rocket").json()
+    assert got["data"]["hash_code"] == uploaded["rocket"]["hash_code"]
+
+    found = client.post("/sample/file", files={"file": ("q.jpg", photos["rocket"])},
+                        data={"offset": 0, "limit": 5}).json()  # fmt: skip
+    assert_envelope(found, True)
+    top = found["data"][0]
+    assert top["meta_uuid"] == "fe-rocket" and META_FIELDS | {"distance", "score"} <= set(top)
+    assert top["distance"] < 1e-3 and top["score"] == pytest.approx((2 - top["distance"]) * 50)
+    dists = [d["distance"] for d in found["data"]]
+    assert dists == sorted(dists)
+
+    for name in names:
+        assert client.delete(f"/meta/image/fe-{name}").json()["succeed"] is True
+        assert client.get(f"/meta/image/fe-{name}").status_code == 404
+
+
+def test_default_meta_uuid_is_md5_and_duplicate_is_409(client: httpx.Client) -> None:
+    data = noise_jpeg(1)
+    first = client.post("/meta/image/file", files={"file": ("n.jpg", data)}).json()["data"]
+    assert first["meta_uuid"] == first["hash_code"]
+    again = client.post("/meta/image/file", files={"file": ("n.jpg", data)})
+    assert again.status_code == 409
+    assert_envelope(again.json(), False)
+    client.delete(f"/meta/image/{first['meta_uuid']}")
+
+
+def test_files_and_thumbnails_are_served(client: httpx.Client, photos: dict[str, bytes]) -> None:
+    rec = client.post("/meta/image/file", files={"file": ("c.jpg", photos["chelsea"])},
+                      data={"meta_uuid": "served"}).json()["data"]  # fmt: skip
+    assert rec["file_url"].endswith(rec["file_relative_url"])
+    original = client.get(rec["file_url"])
+    assert original.status_code == 200 and original.content == photos["chelsea"]
+    assert original.headers["content-type"] == "image/jpeg"
+    thumb = client.get(rec["thumbnail_url"])
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    assert max(Image.open(io.BytesIO(thumb.content)).size) <= 256
+    assert len(thumb.content) < len(photos["chelsea"])
+    client.delete("/meta/image/served")
+    # Delete really deletes: the stored bytes are gone too.
+    assert client.get(rec["file_url"]).status_code == 404
+    assert client.get(rec["thumbnail_url"]).status_code == 404
+
+
+def test_batch_upload_reports_each_file(client: httpx.Client, photos: dict[str, bytes]) -> None:
+    good = [photos["moon"], photos["coins"], photos["page"]]
+    parts = [("file", (f"{i}.jpg", b)) for i, b in enumerate(good)]
+    parts += [("file", ("bad.jpg", b"not an image")), ("file", ("cut.jpg", good[0][:500])),
+              ("file", ("dup.jpg", good[1]))]  # fmt: skip
+    r = client.post("/meta/image/files", files=parts)
+    assert r.status_code == 200, r.text
+    items = r.json()["data"]
+    assert [i["status"] for i in items] == [200, 200, 200, 415, 400, 409]
+    assert all(i["succeed"] for i in items[:3]) and not any(i["succeed"] for i in items[3:])
+    uuids = [i["data"]["meta_uuid"] for i in items[:3]]
+    for u, b in zip(uuids, good, strict=True):
+        hits = client.post("/sample/file", files={"file": ("q.jpg", b)}, data={"limit": 1})
+        assert hits.json()["data"][0]["meta_uuid"] == u
+    for u in uuids:
+        client.delete(f"/meta/image/{u}")
+
+
+def test_search_by_stored_image_and_threshold(
+    client: httpx.Client, photos: dict[str, bytes]
+) -> None:
+    for name in ("brick", "grass", "retina"):
+        client.post("/meta/image/file", files={"file": (f"{name}.jpg", photos[name])},
+                    data={"meta_uuid": f"s-{name}"})  # fmt: skip
+    r = client.get("/sample/meta/s-retina", params={"limit": 3}).json()
+    assert r["data"][0]["meta_uuid"] == "s-retina" and r["data"][0]["distance"] < 1e-4
+    tight = client.get("/sample/meta/s-retina", params={"limit": 10, "threshold": 0.01}).json()
+    assert [d["meta_uuid"] for d in tight["data"]] == ["s-retina"]
+    assert client.get("/sample/meta/nope").status_code == 404
+    for name in ("brick", "grass", "retina"):
+        client.delete(f"/meta/image/s-{name}")
+
+
+@pytest.mark.parametrize(
+    ("payload", "status"),
+    [
+        (b"", 400),
+        (b"hello world, not an image", 415),
+        (b"\xff\xd8\xff\xe0" + b"\x00" * 64, 400),
+        (b"%PDF-1.7\n", 415),
+    ],
+)
+def test_bad_uploads_get_4xx_and_server_stays_up(
+    client: httpx.Client, payload: bytes, status: int
+) -> None:
+    for route, extra in (("/meta/image/file", {}), ("/sample/file", {"limit": "5"})):
+        r = client.post(route, files={"file": ("x.jpg", payload)}, data=extra)
+        assert r.status_code == status, r.text
+        assert_envelope(r.json(), False)
+    assert client.get("/healthz").status_code == 200
+
+
+def test_truncated_photo_is_400(client: httpx.Client, photos: dict[str, bytes]) -> None:
+    data = photos["astronaut"]
+    r = client.post("/meta/image/file", files={"file": ("t.jpg", data[: len(data) // 2])})
+    assert r.status_code == 400 and "truncated" in r.json()["message"]
+
+
+def test_decompression_bomb_is_413(client: httpx.Client) -> None:
+    buf = io.BytesIO()
+    Image.new("L", (20000, 20000), 0).save(buf, format="PNG")
+    r = client.post("/meta/image/file", files={"file": ("bomb.png", buf.getvalue())})
+    assert r.status_code == 413 and "pixels" in r.json()["message"]
+    assert client.get("/healthz").status_code == 200
+
+
+def test_oversized_upload_is_413(client: httpx.Client) -> None:
+    too_big = b"\xff\xd8\xff" + b"\x00" * (20 * 1024 * 1024 + 10)
+    r = client.post("/meta/image/file", files={"file": ("big.jpg", too_big)})
+    assert r.status_code == 413
+    assert_envelope(r.json(), False)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status"),
+    [
+        ("get", "/meta/image/does-not-exist", {}, 404),
+        ("delete", "/meta/image/does-not-exist", {}, 404),
+        ("get", "/meta/image", {"params": {"limit": 0}}, 400),
+        ("get", "/meta/image", {"params": {"offset": -1}}, 400),
+        ("get", "/meta/image", {"params": {"limit": "ten"}}, 400),
+        ("post", "/sample/file", {"data": {"limit": "5"}}, 400),  # no file part
+        ("get", "/files/meta/image/..%2F..%2F..%2Fetc%2Fpasswd", {}, 404),
+        ("get", "/files/config.yaml", {}, 404),
+        ("get", "/no/such/route", {}, 404),
+    ],
+)
+def test_client_mistakes_get_the_envelope(
+    client: httpx.Client, method: str, path: str, kwargs: dict[str, Any], status: int
+) -> None:
+    r = getattr(client, method)(path, **kwargs)
+    assert r.status_code == status, r.text
+    assert_envelope(r.json(), False)
+
+
+def test_bad_meta_uuid_and_limits(client: httpx.Client) -> None:
+    r = client.post("/meta/image/file", files={"file": ("x.jpg", noise_jpeg(5))},
+                    data={"meta_uuid": "x" * 37})  # fmt: skip
+    assert r.status_code == 400
+    r = client.post("/sample/file", files={"file": ("x.jpg", noise_jpeg(5))},
+                    data={"offset": "0", "limit": "5000"})  # fmt: skip
+    assert r.status_code == 400
+    r = client.post("/sample/file", files={"file": ("x.jpg", noise_jpeg(5))},
+                    data={"threshold": "-1"})  # fmt: skip
+    assert r.status_code == 400
+
+
+def test_concurrent_identical_uploads_store_one_row_and_one_vector(app_url: str) -> None:
+    data = noise_jpeg(42)
+
+    async def run() -> list[int]:
+        async with httpx.AsyncClient(base_url=app_url, timeout=120) as ac:
+            rs = await asyncio.gather(
+                *(ac.post("/meta/image/file", files={"file": ("d.jpg", data)}) for _ in range(6))
+            )
+            return [r.status_code for r in rs]
+
+    before = httpx.get(app_url + "/meta/image/count").json()
+    codes = asyncio.run(run())
+    assert sorted(codes) == [200] + [409] * 5
+    after = httpx.get(app_url + "/meta/image/count").json()
+    assert after["image_count"] == before["image_count"] + 1
+    assert after["vector_count"] == before["vector_count"] + 1
+    import hashlib
+
+    httpx.delete(f"{app_url}/meta/image/{hashlib.md5(data).hexdigest()}")

@@ -178,8 +178,10 @@ async def upload_many(
         for (_, name), res in zip(uploads, results, strict=True)
     ]
     indexed = sum(1 for i in items if i["succeed"])
+    duplicates = sum(1 for i in items if i["status"] == 409)
     metrics.count_upload("indexed", indexed)
-    metrics.count_upload("rejected", len(items) - indexed)
+    metrics.count_upload("duplicate", duplicates)
+    metrics.count_upload("rejected", len(items) - indexed - duplicates)
     return ok(f"{indexed} of {len(items)} indexed", data=items)
 
 

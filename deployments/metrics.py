@@ -40,7 +40,8 @@ def _batch_seconds() -> Histogram:
 
 
 def count_upload(outcome: str, n: int = 1) -> None:
-    _uploads().inc(n, tags={"outcome": outcome})
+    if n > 0:  # Ray's Counter refuses 0
+        _uploads().inc(n, tags={"outcome": outcome})
 
 
 def count_search(kind: str) -> None:

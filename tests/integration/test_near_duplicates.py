@@ -89,7 +89,9 @@ def test_original_is_top_hit_for_edited_copies(make_app: Callable[..., str],
     client = httpx.Client(base_url=url, timeout=120)
     assert len(photos) == 20
     parts = [("file", (f"{name}.jpg", data)) for name, data in photos.items()]
-    items = client.post("/meta/image/files", files=parts).json()["data"]
+    resp = client.post("/meta/image/files", files=parts)
+    assert resp.status_code == 200, resp.text
+    items = resp.json()["data"]
     uuid_of = {it["file_name"]: it["data"]["meta_uuid"] for it in items if it["succeed"]}
     assert len(uuid_of) == 20
 

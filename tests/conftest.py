@@ -26,6 +26,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+pytest_plugins = ["tests.servers"]
+
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
@@ -171,24 +173,31 @@ def serve_http(ray_cluster: dict[str, str]) -> str:
     return f"http://127.0.0.1:{port}"
 
 
-AppFactory = Callable[..., str]
+class AppFactory:
+    """Deploys Serve apps (the real graph), each on its own data directory and route prefix.
 
-
-@pytest.fixture(scope="session")
-def make_app(serve_http: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppFactory]:
-    """Deploy a Serve app (the real graph) on its own data directory and route prefix.
-
-    make_app(name, overrides={...}) -> base URL such as http://127.0.0.1:PORT/name
+    make_app(name, overrides={...}) -> base URL such as http://127.0.0.1:PORT/name;
+    make_app.delete(name) removes an app early (apps cost ~1 GB; the machine has 24 GiB).
     """
-    from ray import serve
 
-    from deployments.graph import build_app, serve_config_options
+    def __init__(self, serve_http: str, tmp: pytest.TempPathFactory) -> None:
+        self.serve_http = serve_http
+        self.tmp = tmp
+        self.started: dict[str, Path] = {}
 
-    started: list[tuple[str, Path]] = []
+    def __call__(
+        self,
+        name: str,
+        overrides: dict[str, Any] | None = None,
+        ready: bool = True,
+        extra_options: dict[str, dict[str, Any]] | None = None,
+    ) -> str:
+        from ray import serve
 
-    def factory(name: str, overrides: dict[str, Any] | None = None, ready: bool = True) -> str:
-        data = tmp_path_factory.mktemp(f"app-{name}")
-        base_overrides = {
+        from deployments.graph import build_app, serve_config_options
+
+        data = self.tmp.mktemp(f"app-{name}")
+        base_overrides: dict[str, Any] = {
             "data_dir": str(data),
             "stores.metadata_uri": f"sqlite:///{data}/meta.db",
             "stores.objects_uri": f"file://{data}/objects",
@@ -198,25 +207,37 @@ def make_app(serve_http: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         }
         base_overrides.update(overrides or {})
         options = serve_config_options(ROOT / "serve_config.yaml")
+        for dep, extra in (extra_options or {}).items():
+            options.setdefault(dep, {}).update(extra)
         app = build_app({"config": str(ROOT / "config.yaml"), "overrides": base_overrides,
                          "deployment_options": options})  # fmt: skip
         prefix = f"/{name}"
         serve.run(app, name=name, route_prefix=prefix, blocking=False)
-        started.append((name, Path(str(base_overrides["stores.vectors_uri"]))))
-        url = serve_http + prefix
+        self.started[name] = Path(str(base_overrides["stores.vectors_uri"]))
+        url = self.serve_http + prefix
         if ready:
             wait_http(url + "/readyz", timeout=180)
         return url
 
-    yield factory
-    from deployments.stores.lite_server import stop_lite_server
+    def delete(self, name: str) -> None:
+        from ray import serve
 
-    for name, vectors in started:
+        from deployments.stores.lite_server import stop_lite_server
+
+        vectors = self.started.pop(name, None)
         try:
             serve.delete(name)
         finally:
-            if "://" not in str(vectors):
+            if vectors is not None and "://" not in str(vectors):
                 stop_lite_server(vectors)
+
+
+@pytest.fixture(scope="session")
+def make_app(serve_http: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppFactory]:
+    factory = AppFactory(serve_http, tmp_path_factory)
+    yield factory
+    for name in list(factory.started):
+        factory.delete(name)
 
 
 @pytest.fixture(scope="session")

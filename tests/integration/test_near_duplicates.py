@@ -12,6 +12,8 @@ import httpx
 import pytest
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
+from tests.conftest import AppFactory
+
 pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)
 
@@ -78,13 +80,24 @@ def blurred_border(im: Image.Image) -> bytes:
 
 EDITS: dict[str, Edit] = {
     f.__name__: f
-    for f in (crop, recompress, exif_rotated, grayscale, cmyk, png_alpha, letterbox, downscaled,
-              brighter, blurred_border)  # fmt: skip
+    for f in (
+        crop,
+        recompress,
+        exif_rotated,
+        grayscale,
+        cmyk,
+        png_alpha,
+        letterbox,
+        downscaled,
+        brighter,
+        blurred_border,
+    )
 }
 
 
-def test_original_is_top_hit_for_edited_copies(make_app: Callable[..., str],
-                                               photos: dict[str, bytes]) -> None:  # fmt: skip
+def test_original_is_top_hit_for_edited_copies(
+    make_app: AppFactory, photos: dict[str, bytes]
+) -> None:
     url = make_app("neardup")
     client = httpx.Client(base_url=url, timeout=120)
     assert len(photos) == 20
@@ -116,4 +129,5 @@ def test_original_is_top_hit_for_edited_copies(make_app: Callable[..., str],
     out.mkdir(exist_ok=True)
     (out / "near_duplicates.json").write_text(json.dumps(report, indent=2))
     logger.info("near-duplicate top-1: %.3f (%d/%d); misses: %s", recall, hits, total, misses)
+    make_app.delete("neardup")
     assert recall >= 0.95, report

@@ -39,8 +39,14 @@ def two_tone(w: int = 300, h: int = 200) -> Image.Image:
 
 @pytest.mark.parametrize(
     ("fmt", "ext"),
-    [("JPEG", "jpg"), ("PNG", "png"), ("GIF", "gif"), ("WEBP", "webp"), ("BMP", "bmp"),
-     ("TIFF", "tiff")],  # fmt: skip
+    [
+        ("JPEG", "jpg"),
+        ("PNG", "png"),
+        ("GIF", "gif"),
+        ("WEBP", "webp"),
+        ("BMP", "bmp"),
+        ("TIFF", "tiff"),
+    ],
 )
 def test_every_supported_format_decodes(fmt: str, ext: str) -> None:
     data = encode(two_tone(), fmt)

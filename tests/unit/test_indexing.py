@@ -46,7 +46,9 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
 def svc(settings: Settings, request: pytest.FixtureRequest) -> IndexService:
     # A fresh collection per test keeps tests independent on one shared server.
     s = settings.model_copy(deep=True)
-    s.stores.collection = f"t_{request.node.name.replace('[', '_').replace(']', '').replace('-', '_')}"
+    s.stores.collection = (
+        f"t_{request.node.name.replace('[', '_').replace(']', '').replace('-', '_')}"
+    )
     stores = open_stores(s, DIM, "test-model:fp32")
     service = IndexService(stores, thumbnail_size=64)
     service.prepare()

@@ -1,0 +1,1 @@
+"""Tests: unit (no Ray), integration (real Ray), servers (real MariaDB, S3, Milvus), e2e."""

@@ -24,7 +24,9 @@ DEFAULT_URL = os.environ.get("ISE_URL", "http://127.0.0.1:8000")
 LOCAL_RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
-def init_local_ray(address: str | None = None, **kwargs: Any) -> None:
+def init_local_ray(
+    address: str | None = None, metrics_port: int | None = None, **kwargs: Any
+) -> None:
     """Connect to `address`, or start a local Ray pinned to 127.0.0.1 with its dashboard."""
     for key, value in LOCAL_RAY_ENV.items():
         os.environ.setdefault(key, value)
@@ -39,6 +41,7 @@ def init_local_ray(address: str | None = None, **kwargs: Any) -> None:
             _node_ip_address="127.0.0.1",
             include_dashboard=True,
             dashboard_host="127.0.0.1",
+            **({"_metrics_export_port": metrics_port} if metrics_port else {}),
             **kwargs,
         )
 
@@ -57,14 +60,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # Replicas build their settings from ISE_CONFIG; they inherit this environment.
         os.environ["ISE_CONFIG"] = str(Path(args.config).resolve())
     doc = yaml.safe_load(Path(args.serve_config).read_text(encoding="utf-8"))
-    doc.setdefault("http_options", {}).update(
-        host=settings.server.host, port=settings.server.port
-    )
+    doc.setdefault("http_options", {}).update(host=settings.server.host, port=settings.server.port)
     # SIGTERM (service managers, tests) must unwind like Ctrl-C so Ray and Milvus Lite stop.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    init_local_ray(args.address, namespace="serve")
-    logger.info("dashboard: http://127.0.0.1:8265  API: http://%s:%d/docs",
-                settings.server.host, settings.server.port)  # fmt: skip
+    init_local_ray(args.address, args.metrics_port, namespace="serve")
+    logger.info("API: http://%s:%d/docs  dashboard: http://127.0.0.1:8265  "
+                "Prometheus: http://127.0.0.1:%d/metrics", settings.server.host,
+                settings.server.port, args.metrics_port)  # fmt: skip
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="serve-") as effective:
         yaml.safe_dump(doc, effective)
         effective.flush()
@@ -103,9 +105,10 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     files = list(iter_images(args.paths))
     counts = {"indexed": 0, "duplicate": 0, "rejected": 0}
-    with httpx.Client(base_url=args.url, timeout=300) as client, tqdm(
-        total=len(files), unit="img", desc="indexing"
-    ) as bar:
+    with (
+        httpx.Client(base_url=args.url, timeout=300) as client,
+        tqdm(total=len(files), unit="img", desc="indexing") as bar,
+    ):
         for start in range(0, len(files), args.batch):
             chunk = files[start : start + args.batch]
             parts = [("file", (f.name, f.read_bytes())) for f in chunk]
@@ -118,7 +121,7 @@ def cmd_index(args: argparse.Namespace) -> int:
                     outcome = _outcome(item)
                     counts[outcome] += 1
                     if outcome == "rejected":
-                        tqdm.write(f"{f}: {item['message']}")
+                        tqdm.write(f"rejected {f}: {item['message']}", file=sys.stderr)
             bar.update(len(chunk))
             bar.set_postfix(counts)
     logger.info("done: %s", counts)
@@ -161,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="config.yaml (default: ISE_CONFIG or ./)")
     p.add_argument("--serve-config", default="serve_config.yaml")
     p.add_argument("--address", default=None, help="join a running Ray cluster instead")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(os.environ.get("ISE_METRICS_PORT", "8080")),
+        help="Prometheus endpoint of the local Ray node (ISE_METRICS_PORT)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("index", help="index image files or folders through the API")
@@ -193,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("httpx").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return int(args.func(args))
     except httpx.HTTPError as exc:

@@ -22,9 +22,10 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ["RAY_AUTH_MODE"] = "disabled"
 
 import httpx
-import numpy as np
 import pytest
 from PIL import Image
+
+from bench.photos import real_photos
 
 pytest_plugins = ["tests.servers"]
 
@@ -57,30 +58,11 @@ def wait_http(
 
 
 # -- photos -------------------------------------------------------------------------------------
-COLOR = ["astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field",
-         "retina"]  # fmt: skip
-GRAY = ["camera", "moon", "page", "coins", "text", "brick", "grass", "gravel", "cell", "clock"]
-
-
-def _real_photos() -> dict[str, np.ndarray]:
-    """20 distinct real photos shipped by scikit-image and scikit-learn (no download)."""
-    from skimage import data
-    from sklearn.datasets import load_sample_images  # type: ignore[import-untyped]
-
-    photos: dict[str, np.ndarray] = {name: getattr(data, name)()[..., :3] for name in COLOR}
-    for name in GRAY:
-        photos[name] = np.stack([getattr(data, name)().astype(np.uint8)] * 3, axis=-1)
-    photos["motorcycle"] = data.stereo_motorcycle()[0]
-    for name, img in zip(["china", "flower"], load_sample_images().images, strict=True):
-        photos[name] = img
-    return {k: np.ascontiguousarray(v, dtype=np.uint8) for k, v in photos.items()}
-
-
 @pytest.fixture(scope="session")
 def photos() -> dict[str, bytes]:
     """Real photos (scikit-image, scikit-learn) as JPEG bytes, name -> bytes."""
     out: dict[str, bytes] = {}
-    for name, arr in _real_photos().items():
+    for name, arr in real_photos().items():
         buf = io.BytesIO()
         Image.fromarray(arr).save(buf, format="JPEG", quality=92)
         out[name] = buf.getvalue()

@@ -24,7 +24,7 @@ from ray.serve.handle import DeploymentHandle
 from deployments import metrics
 from deployments.backend import ServeBackend
 from deployments.config import Settings, load_settings, settings_from_json, settings_to_json
-from deployments.embedding import load_embedder, model_dim, model_spec
+from deployments.embedding import Embedding, load_embedder, model_dim, model_spec
 from deployments.errors import SearchEngineError, StoreUnavailable
 from deployments.http import app, set_backend
 from deployments.imaging import ContentInfo, DecodedImage, decode
@@ -67,22 +67,21 @@ class Embedder:
         batched.set_max_batch_size(int(user_config.get("max_batch_size", 16)))
         batched.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", 0.01)))
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def embed(self, images: list[DecodedImage]) -> list[np.ndarray]:
+    async def _forward(self, images: list[DecodedImage]) -> list[Embedding]:
         batch = np.stack([im.pixels for im in images])
         started = time.perf_counter()
         # In a thread, so the replica keeps collecting the next batch meanwhile.
         vectors = await asyncio.to_thread(self.model.embed, batch)
         metrics.observe_batch(len(images), time.perf_counter() - started)
-        return list(vectors)
+        return [Embedding(self.model.model_id, v) for v in vectors]
 
-    async def embed_many(self, images: list[DecodedImage]) -> np.ndarray:
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def embed(self, images: list[DecodedImage]) -> list[Embedding]:
+        return await self._forward(images)
+
+    async def embed_many(self, images: list[DecodedImage]) -> list[Embedding]:
         """An explicit batch (batch upload): one forward pass for the whole request."""
-        batch = np.stack([im.pixels for im in images])
-        started = time.perf_counter()
-        vectors = await asyncio.to_thread(self.model.embed, batch)
-        metrics.observe_batch(len(images), time.perf_counter() - started)
-        return vectors
+        return await self._forward(images)
 
     def info(self) -> dict[str, Any]:
         return {"model_id": self.model.model_id, "dim": self.model.dim}
@@ -119,6 +118,19 @@ class Indexer:
             except SearchEngineError as exc:
                 logger.warning("periodic flush failed: %s", exc.message)
 
+    def _vector(self, emb: Embedding | None) -> np.ndarray | None:
+        """Refuse a vector from another model than the collection's, e.g. mid rolling update."""
+        if emb is None:
+            return None
+        expected = self.svc.stores.vectors.model_id
+        if emb.model_id != expected:
+            raise StoreUnavailable(
+                f"the embedder runs {emb.model_id} but the index holds {expected}; "
+                "a model switch is in progress, retry shortly",
+                "vectors",
+            )
+        return emb.vector
+
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         def call() -> T:
             self._prepare()
@@ -137,9 +149,9 @@ class Indexer:
         meta: tuple[str, str, ContentInfo],
         data: bytes,
         decoded: DecodedImage,
-        vector: np.ndarray | None,
+        embedding: Embedding | None,
     ) -> ImageRecord:
-        item = IngestItem(_new_image(meta, decoded), data, vector)
+        item = IngestItem(_new_image(meta, decoded), data, self._vector(embedding))
         return await self._run(self.svc.ingest, item)
 
     async def ingest_many(
@@ -147,21 +159,23 @@ class Indexer:
         metas: Sequence[tuple[str, str, ContentInfo]],
         datas: Sequence[bytes],
         decoded: Sequence[DecodedImage],
-        vectors: Sequence[np.ndarray | None],
+        embeddings: Sequence[Embedding | None],
     ) -> list[ImageRecord | SearchEngineError]:
         items = [
-            IngestItem(_new_image(m, d), b, v)
-            for m, b, d, v in zip(metas, datas, decoded, vectors, strict=True)
+            IngestItem(_new_image(m, d), b, self._vector(e))
+            for m, b, d, e in zip(metas, datas, decoded, embeddings, strict=True)
         ]
         return await self._run(self.svc.ingest_many, items)
 
     async def search(
-        self, vector: np.ndarray, offset: int, limit: int, threshold: float | None
+        self, embedding: Embedding, offset: int, limit: int, threshold: float | None
     ) -> list[Hit]:
+        vector = self._vector(embedding)
         return await self._run(self.svc.search, vector, offset, limit, threshold)
 
-    async def vector_of(self, meta_uuid: str) -> np.ndarray:
-        return await self._run(self.svc.vector_of, meta_uuid)
+    async def vector_of(self, meta_uuid: str) -> Embedding:
+        vector = await self._run(self.svc.vector_of, meta_uuid)
+        return Embedding(self.svc.stores.vectors.model_id, vector)
 
     async def get(self, meta_uuid: str) -> ImageRecord:
         return await self._run(self.svc.get, meta_uuid)

@@ -6,7 +6,10 @@ dimension without loading a deep-learning runtime.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from deployments.config import ModelSettings
 from deployments.imaging import PreprocessSpec
@@ -14,7 +17,15 @@ from deployments.imaging import PreprocessSpec
 if TYPE_CHECKING:
     from deployments.embedding.base import TorchEmbedder
 
-__all__ = ["load_embedder", "model_dim", "model_spec"]
+__all__ = ["Embedding", "load_embedder", "model_dim", "model_spec"]
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """A vector and the model that made it, so no store ever mixes two models' vectors."""
+
+    model_id: str
+    vector: np.ndarray
 
 _DIMS = {"efficientnet-lite0": 1280, "resnet50": 512}
 # Both models were trained at 224x224 after a 256 resize; iv2's pooling even requires it.

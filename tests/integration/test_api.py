@@ -244,3 +244,17 @@ def test_concurrent_identical_uploads_store_one_row_and_one_vector(app_url: str)
     import hashlib
 
     httpx.delete(f"{app_url}/meta/image/{hashlib.md5(data).hexdigest()}")
+
+
+def test_indexer_refuses_vectors_from_another_model(app_url: str) -> None:
+    """During a rolling model switch, an old/new Embedder never writes into the wrong index."""
+    from ray import serve
+
+    from deployments.embedding import Embedding
+    from deployments.errors import StoreUnavailable
+
+    httpx.get(app_url + "/readyz", timeout=60)
+    indexer = serve.get_deployment_handle("Indexer", app_name="embedded")
+    stranger = Embedding("resnet50:fp32", np.ones(1280, dtype=np.float32) / np.sqrt(1280))
+    with pytest.raises(StoreUnavailable, match="model switch"):
+        indexer.search.remote(stranger, 0, 5, None).result(timeout_s=60)

@@ -1,0 +1,123 @@
+// Gallery: every stored image, newest first, a page of thumbnails at a time, with delete.
+import { api } from "./api.js";
+import { formatBytes, formatCount, h, imageCard, nameLines } from "./dom.js";
+import { describeError, showError, showNotice } from "./notify.js";
+
+const $ = (id) => document.getElementById(id);
+
+function formatDate(iso) {
+  const date = new Date(iso);
+  return Number.isNaN(date.getTime()) ? "" : date.toLocaleString();
+}
+
+export function initGallery({ onSimilar, onCountChanged }) {
+  const grid = $("gallery");
+  const status = $("gallery-status");
+  const prev = $("page-prev");
+  const next = $("page-next");
+  const pageLabel = $("page-label");
+  const pageSize = $("page-size");
+
+  let offset = 0;
+  let total = 0;
+  let stale = true; // set when uploads or deletes happened since the last load
+  let loadSeq = 0; // only the newest load may render
+
+  const limit = () => Number(pageSize.value);
+
+  async function remove(meta, button) {
+    const name = meta.file_name || meta.meta_uuid;
+    if (!window.confirm(`Delete ${name} (${meta.meta_uuid})?\nIt will no longer be found by searches.`)) {
+      return;
+    }
+    button.disabled = true;
+    try {
+      await api.remove(meta.meta_uuid);
+      showNotice(`Deleted ${name}.`);
+      onCountChanged();
+      // Deleting the last card of the last page: step back to the page before.
+      if (grid.children.length === 1 && offset > 0) offset = Math.max(0, offset - limit());
+      await load();
+    } catch (err) {
+      button.disabled = false;
+      showError(describeError(`Deleting ${name}`, err));
+    }
+  }
+
+  function card(meta) {
+    const facts = [
+      meta.width && meta.height ? `${meta.width}×${meta.height}` : "",
+      formatBytes(meta.size_bytes),
+    ].filter(Boolean).join(" · ");
+    const button = h("button", { type: "button", class: "button-small danger delete" }, "Delete");
+    button.addEventListener("click", () => remove(meta, button));
+    return imageCard(meta, {
+      details: [
+        ...nameLines(meta),
+        h("div", { class: "facts" }, facts),
+        h("div", { class: "facts" }, formatDate(meta.created_at)),
+      ],
+      actions: [
+        h("button", {
+          type: "button",
+          class: "button-small similar",
+          title: "Search with this stored image",
+          onclick: () => onSimilar(meta),
+        }, "Similar"),
+        button,
+      ],
+    });
+  }
+
+  async function load() {
+    const seq = ++loadSeq;
+    status.textContent = "Loading…";
+    try {
+      const body = await api.list(offset, limit());
+      if (seq !== loadSeq) return;
+      total = body.total;
+      // The page we were on may have emptied (deletes elsewhere): show the last one instead.
+      if (!body.data.length && total > 0 && offset > 0) {
+        offset = Math.floor((total - 1) / limit()) * limit();
+        return load();
+      }
+      stale = false;
+      grid.replaceChildren(...body.data.map(card));
+      const pages = Math.max(1, Math.ceil(total / limit()));
+      const page = Math.floor(offset / limit()) + 1;
+      status.textContent = total
+        ? `${formatCount(total, "image", "images")}, newest first.`
+        : "No images yet: add some in Upload.";
+      pageLabel.textContent = `Page ${page} of ${pages}`;
+      prev.disabled = offset === 0;
+      next.disabled = offset + limit() >= total;
+    } catch (err) {
+      if (seq !== loadSeq) return;
+      status.textContent = "The gallery could not be loaded.";
+      showError(describeError("Loading the gallery", err));
+    }
+    return undefined;
+  }
+
+  prev.addEventListener("click", () => {
+    offset = Math.max(0, offset - limit());
+    load();
+  });
+  next.addEventListener("click", () => {
+    offset += limit();
+    load();
+  });
+  pageSize.addEventListener("change", () => {
+    offset = 0;
+    load();
+  });
+  $("gallery-refresh").addEventListener("click", load);
+
+  return {
+    /** The tab was opened: reload only when something changed since the last load. */
+    show: () => (stale ? load() : undefined),
+    markStale: () => {
+      stale = true;
+    },
+  };
+}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -130,9 +131,8 @@ async def readyz(be: Backend) -> Any:
 
 # -- images ---------------------------------------------------------------------------------
 def _check_uuid(meta_uuid: str | None) -> str | None:
-    if meta_uuid in (None, ""):
-        return None
-    assert meta_uuid is not None
+    if not meta_uuid:
+        return None  # the default, md5 of the bytes, is chosen once the bytes are read
     if not _UUID_RE.match(meta_uuid):
         raise BadRequest("meta_uuid must be 1-36 characters of letters, digits, _ . : -")
     return meta_uuid
@@ -158,6 +158,15 @@ async def upload(
     return ok("indexed", data=(await be.present(request, [rec]))[0])
 
 
+def _outcome(
+    name: str, res: ImageRecord | SearchEngineError, shown: Iterator[dict[str, Any]]
+) -> dict[str, Any]:
+    if isinstance(res, ImageRecord):
+        return {"file_name": name, "succeed": True, "status": 200, "message": "indexed",
+                "data": next(shown)}  # fmt: skip
+    return {"file_name": name, "succeed": False, "status": res.status, "message": res.message}
+
+
 @app.post("/meta/image/files")
 async def upload_many(
     request: Request, be: Backend, file: Annotated[list[UploadFile], File()]
@@ -170,13 +179,7 @@ async def upload_many(
     results = await be.index_many(uploads)
     records = [r for r in results if isinstance(r, ImageRecord)]
     shown = iter(await be.present(request, records))
-    items = [
-        {"file_name": name, "succeed": True, "status": 200, "message": "indexed",
-         "data": next(shown)}  # fmt: skip
-        if isinstance(res, ImageRecord)
-        else {"file_name": name, "succeed": False, "status": res.status, "message": res.message}
-        for (_, name), res in zip(uploads, results, strict=True)
-    ]
+    items = [_outcome(name, res, shown) for (_, name), res in zip(uploads, results, strict=True)]
     indexed = sum(1 for i in items if i["succeed"])
     duplicates = sum(1 for i in items if i["status"] == 409)
     metrics.count_upload("indexed", indexed)

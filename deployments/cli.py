@@ -36,14 +36,15 @@ def init_local_ray(
         return
     if address:
         ray.init(address=address, **kwargs)
-    else:
-        ray.init(
-            _node_ip_address="127.0.0.1",
-            include_dashboard=True,
-            dashboard_host="127.0.0.1",
-            **({"_metrics_export_port": metrics_port} if metrics_port else {}),
-            **kwargs,
-        )
+        return
+    local: dict[str, Any] = {
+        "_node_ip_address": "127.0.0.1",
+        "include_dashboard": True,
+        "dashboard_host": "127.0.0.1",
+    }
+    if metrics_port:
+        local["_metrics_export_port"] = metrics_port
+    ray.init(**local, **kwargs)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

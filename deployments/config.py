@@ -46,6 +46,7 @@ class StoreSettings(_Section):
     metadata_uri: str = "sqlite:///./data/meta.db"
     objects_uri: str = "file://./data/objects"
     vectors_uri: str = "./data/vectors.db"
+    vectors_token: str = ""  # Milvus auth ("user:password" or an API key), from the environment
     collection: str = Field("image_vectors", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
     s3_endpoint: str = "127.0.0.1:9000"
     s3_access_key: str = "minioadmin"
@@ -103,6 +104,9 @@ class Settings(_Section):
             )
         if self.environment == "production" and ":changeme@" in self.stores.metadata_uri:
             raise ValueError("production refuses the default database password")
+        if self.environment == "production" and (self.server.admin_token or "") in _DEFAULT_SECRETS:
+            # Without a token, DELETE /meta/image/images would wipe everything unauthenticated.
+            raise ValueError("production needs ISE__SERVER__ADMIN_TOKEN (not a default value)")
         return self
 
     def resolved(self, base: Path | None = None) -> Settings:
@@ -118,7 +122,9 @@ class Settings(_Section):
         if out.model.weights and "://" not in out.model.weights:
             out.model.weights = fix_path(out.model.weights)
         st = out.stores
-        if st.metadata_uri.startswith("sqlite:///") and not st.metadata_uri.startswith("sqlite:////"):
+        if st.metadata_uri.startswith("sqlite:///") and not st.metadata_uri.startswith(
+            "sqlite:////"
+        ):
             rel = st.metadata_uri.removeprefix("sqlite:///")
             if rel and rel != ":memory:":
                 st.metadata_uri = "sqlite:///" + fix_path(rel)

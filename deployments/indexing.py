@@ -78,9 +78,7 @@ class IndexService:
         md = self.stores.metadata
         taken = md.existing_uuids([u for u, _ in items])
         known = md.existing_content([s for _, s in items])
-        return [
-            "conflict" if u in taken else "known" if s in known else "new" for u, s in items
-        ]
+        return ["conflict" if u in taken else "known" if s in known else "new" for u, s in items]
 
     def ingest(self, item: IngestItem) -> ImageRecord:
         result = self.ingest_many([item])[0]

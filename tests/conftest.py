@@ -165,7 +165,7 @@ class AppFactory:
     def __init__(self, serve_http: str, tmp: pytest.TempPathFactory) -> None:
         self.serve_http = serve_http
         self.tmp = tmp
-        self.started: dict[str, Path] = {}
+        self.started: dict[str, str] = {}
 
     def __call__(
         self,
@@ -195,7 +195,7 @@ class AppFactory:
                          "deployment_options": options})  # fmt: skip
         prefix = f"/{name}"
         serve.run(app, name=name, route_prefix=prefix, blocking=False)
-        self.started[name] = Path(str(base_overrides["stores.vectors_uri"]))
+        self.started[name] = str(base_overrides["stores.vectors_uri"])
         url = self.serve_http + prefix
         if ready:
             wait_http(url + "/readyz", timeout=180)
@@ -210,7 +210,7 @@ class AppFactory:
         try:
             serve.delete(name)
         finally:
-            if vectors is not None and "://" not in str(vectors):
+            if vectors is not None and "://" not in vectors:
                 stop_lite_server(vectors)
 
 

@@ -27,6 +27,7 @@ class Embedding:
     model_id: str
     vector: np.ndarray
 
+
 _DIMS = {"efficientnet-lite0": 1280, "resnet50": 512}
 # Both models were trained at 224x224 after a 256 resize; iv2's pooling even requires it.
 _SPECS = {

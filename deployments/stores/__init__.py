@@ -87,6 +87,7 @@ def open_vectors(
         search_params=st.search_params,
         consistency_level=st.consistency_level,
         timeout_s=st.connect_timeout_s,
+        token=st.vectors_token,
     )
 
 

@@ -112,6 +112,10 @@ def ensure_lite_server(data_dir: str | Path, port: int, start_timeout_s: float =
 def stop_lite_server(data_dir: str | Path, timeout_s: float = 10.0) -> bool:
     """Stop the server for data_dir if one runs; True when one was stopped."""
     data_dir = Path(data_dir).resolve()
+    if not data_dir.parent.is_dir():
+        # Nothing can have been started there (e.g. a server URI taken for a path): do not
+        # create folders and lock files just to find that out.
+        return False
     with _file_lock(data_dir.parent / f".{data_dir.name}.lock"):
         state = _read_state(data_dir)
         _state_file(data_dir).unlink(missing_ok=True)

@@ -20,10 +20,11 @@ from sqlalchemy import (
     func,
     select,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import CursorResult, Dialect, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from deployments.errors import Conflict, StoreUnavailable
 from deployments.stores.base import ImageRecord, NewImage
@@ -40,6 +41,14 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     impl = DateTime(timezone=True)
     cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        # MySQL's plain DATETIME drops microseconds: the record returned by add() would then
+        # differ from the one read back, and rows written in the same second could not be
+        # ordered by time. DATETIME(6) keeps them (stored as UTC, no 2038 limit of TIMESTAMP).
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(DateTime(timezone=True))
 
     def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is None:
@@ -248,7 +257,8 @@ class SqlMetadataStore:
 
     def delete_all(self) -> int:
         with self._session() as s:
-            n = s.execute(delete(Image)).rowcount
+            result: CursorResult[Any] = s.execute(delete(Image))  # type: ignore[assignment]
+            n = result.rowcount
             s.commit()
             return int(n or 0)
 

@@ -61,6 +61,9 @@ def test_production_refuses_default_secrets() -> None:
     with pytest.raises(ConfigError, match="S3 secret"):
         load_settings(ROOT / "config.yaml", environ=env)
     env["ISE__STORES__S3_SECRET_KEY"] = "a-real-secret-value"
+    with pytest.raises(ConfigError, match="ADMIN_TOKEN"):
+        load_settings(ROOT / "config.yaml", environ=env)
+    env["ISE__SERVER__ADMIN_TOKEN"] = "a-long-random-token"
     assert load_settings(ROOT / "config.yaml", environ=env).environment == "production"
 
 

@@ -1,0 +1,1 @@
+"""One contract suite per store protocol, run over every implementation."""

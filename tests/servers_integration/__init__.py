@@ -1,0 +1,1 @@
+"""The HTTP API on MariaDB + S3 + a Milvus server, faults included, and the compose file."""

@@ -121,7 +121,9 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
         str(VENV_BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1",
         f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
         "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={temp}",
-        "--num-cpus=2",
+        # Logical CPUs are a scheduling quota, not cores: several apps (about 1 CPU of
+        # fractional replicas each) must fit at once on this 2-core machine.
+        "--num-cpus=8",
     ]  # fmt: skip
     subprocess.run(cmd, check=True, env=env, cwd=ROOT, capture_output=True, timeout=120)
     info = {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}"}
@@ -129,7 +131,8 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
         wait_http(info["dashboard"] + "/api/version", timeout=60)
         import ray
 
-        ray.init(address=info["address"], namespace="serve")
+        # Replica logs stay in the session's log folder instead of flooding the test output.
+        ray.init(address=info["address"], namespace="serve", log_to_driver=False)
         yield info
     finally:
         import ray

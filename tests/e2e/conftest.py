@@ -45,7 +45,7 @@ def web_url(make_app: Any) -> Iterator[str]:
     make_app.delete("web")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
         pytest.fail(

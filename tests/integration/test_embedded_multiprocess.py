@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
@@ -38,18 +38,16 @@ def test_two_indexer_processes_share_the_embedded_stores(
     url = make_app("multi", extra_options={"Indexer": {"num_replicas": 2}})
     images = variants(photos, 24)
 
-    async def upload_all() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=url, timeout=180) as ac:
-            sem = asyncio.Semaphore(6)
+    def one(i: int) -> httpx.Response:
+        return httpx.post(
+            url + "/meta/image/file",
+            files={"file": (f"{i}.jpg", images[i])},
+            data={"meta_uuid": f"mp-{i}"},
+            timeout=180,
+        )
 
-            async def one(i: int, data: bytes) -> httpx.Response:
-                async with sem:
-                    return await ac.post("/meta/image/file", files={"file": (f"{i}.jpg", data)},
-                                         data={"meta_uuid": f"mp-{i}"})  # fmt: skip
-
-            return await asyncio.gather(*(one(i, d) for i, d in enumerate(images)))
-
-    responses = asyncio.run(upload_all())
+    with ThreadPoolExecutor(6) as pool:
+        responses = list(pool.map(one, range(len(images))))
     assert [r.status_code for r in responses] == [200] * len(images), [r.text for r in responses]
     client = httpx.Client(base_url=url, timeout=120)
     counts = client.get("/meta/image/count").json()

@@ -81,15 +81,16 @@ def _children() -> dict[int, list[int]]:
     return tree
 
 
-def stop_cluster(marker: str, timeout: float = 20.0) -> None:
-    """Stop only the Ray processes of one cluster (identified by its temp dir), with children.
+def stop_cluster(*markers: str, timeout: float = 20.0) -> None:
+    """Stop only the Ray processes of one cluster (its temp dir, its GCS address), with children.
 
     `ray stop` would end every Ray cluster on the machine, including a developer's service.
     """
     roots = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
-            if marker in cmdline.read_bytes().decode(errors="replace"):
+            text = cmdline.read_bytes().decode(errors="replace")
+            if any(m in text for m in markers):
                 roots.append(int(cmdline.parent.name))
         except OSError:
             continue
@@ -121,6 +122,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
         str(VENV_BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1",
         f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
         "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={temp}",
+        f"--ray-client-server-port={free_port()}",
         # Logical CPUs are a scheduling quota, not cores: several apps (about 1 CPU of
         # fractional replicas each) must fit at once on this 2-core machine.
         "--num-cpus=8",
@@ -144,7 +146,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
                 serve.shutdown()
             finally:
                 ray.shutdown()
-        stop_cluster(str(temp))
+        stop_cluster(str(temp), f"--address={info['address']}", f"--gcs-address={info['address']}")
         shutil.rmtree(temp, ignore_errors=True)
 
 

@@ -1,0 +1,140 @@
+"""Compare the three stores: rows lacking a vector or an object, vectors and objects lacking a row.
+
+The metadata row is the source of truth (DESIGN.md): anything else that no row references is an
+orphan, and a row whose side effects are gone is damaged.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deployments.stores import MetadataStore, ObjectStore, Stores, VectorIndex
+
+logger = logging.getLogger(__name__)
+
+IMAGE_PREFIX = "meta/image/"
+THUMB_PREFIX = "thumb/"
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class Content:
+    """One distinct stored content, as the metadata knows it."""
+
+    sha256: str
+    milvus_id: int
+    file_path: str
+
+
+@dataclass
+class Findings:
+    rows: int = 0
+    contents: int = 0
+    vectors: int = 0
+    objects: int = 0
+    rows_without_vector: list[Content] = field(default_factory=list)
+    rows_without_object: list[Content] = field(default_factory=list)
+    orphan_vectors: list[int] = field(default_factory=list)
+    orphan_objects: list[str] = field(default_factory=list)
+    # Keys outside the layout this service writes: reported, never deleted.
+    foreign_objects: list[str] = field(default_factory=list)
+    # milvus_id -> image object keys in the store (referenced or not), to age orphan vectors.
+    image_keys_by_id: dict[int, list[str]] = field(default_factory=dict)
+
+    @property
+    def consistent(self) -> bool:
+        return not (
+            self.rows_without_vector
+            or self.rows_without_object
+            or self.orphan_vectors
+            or self.orphan_objects
+        )
+
+
+def sha_of_key(key: str) -> str | None:
+    """meta/image/<sha>.<ext> and thumb/<size>/<sha>.jpg -> sha; anything else -> None."""
+    stem = key.rsplit("/", 1)[-1].split(".", 1)[0]
+    return stem if _SHA_RE.match(stem) else None
+
+
+def scan(stores: Stores) -> Findings:
+    from deployments.stores import milvus_id_for
+
+    md, objs, vecs = stores.metadata, stores.objects, stores.vectors
+    contents = [Content(s, int(m), p) for s, m, p in md.iter_content()]
+    vector_ids = set(vecs.ids())
+    keys = list(objs.keys())
+    key_set = set(keys)
+    f = Findings(
+        rows=md.count(), contents=len(contents), vectors=len(vector_ids), objects=len(keys)
+    )
+    row_ids = {c.milvus_id for c in contents}
+    row_shas = {c.sha256 for c in contents}
+    row_paths = {c.file_path for c in contents}
+    f.rows_without_vector = [c for c in contents if c.milvus_id not in vector_ids]
+    f.rows_without_object = [c for c in contents if c.file_path not in key_set]
+    f.orphan_vectors = sorted(vector_ids - row_ids)
+    for key in keys:
+        sha = sha_of_key(key)
+        if key.startswith(IMAGE_PREFIX) and sha:
+            f.image_keys_by_id.setdefault(milvus_id_for(sha), []).append(key)
+            if key not in row_paths:
+                f.orphan_objects.append(key)
+        elif key.startswith(THUMB_PREFIX) and sha:
+            # A thumbnail is a cache of a row's image: an orphan only once no row has the content.
+            if sha not in row_shas:
+                f.orphan_objects.append(key)
+        else:
+            f.foreign_objects.append(key)
+    return f
+
+
+def object_ages(objects: ObjectStore, keys: Iterable[str]) -> dict[str, float]:
+    """Seconds since each object was last written; keys whose age is unknown are left out.
+
+    The ObjectStore protocol has no timestamps, so this asks the two implementations directly
+    (file mtime; S3 Last-Modified). An unknown store yields no ages: nothing counts as old.
+    """
+    from deployments.stores.objects import LocalObjectStore
+
+    now = time.time()
+    out: dict[str, float] = {}
+    for key in keys:
+        if isinstance(objects, LocalObjectStore):
+            try:
+                out[key] = now - Path(objects.root, key).stat().st_mtime
+            except FileNotFoundError:
+                continue
+        elif hasattr(objects, "client") and hasattr(objects, "bucket"):
+            stamp = _s3_last_modified(objects, key)
+            if stamp is not None:
+                out[key] = now - stamp
+    return out
+
+
+def _s3_last_modified(objects: ObjectStore, key: str) -> float | None:
+    from minio.error import S3Error
+
+    client, bucket = getattr(objects, "client"), getattr(objects, "bucket")  # noqa: B009
+    prefix = str(getattr(objects, "prefix", ""))
+    try:
+        stat = client.stat_object(bucket, prefix + key)
+    except S3Error:
+        return None
+    return stat.last_modified.timestamp() if stat.last_modified else None
+
+
+def unreferenced_ids(metadata: MetadataStore, ids: list[int]) -> list[int]:
+    """Re-check right before deleting: an ingest may have committed its row since the scan."""
+    have = metadata.by_milvus_ids(ids)
+    return [i for i in ids if i not in have]
+
+
+def delete_vectors(vectors: VectorIndex, ids: list[int], chunk: int = 1000) -> None:
+    for start in range(0, len(ids), chunk):
+        vectors.delete(ids[start : start + chunk])

@@ -1,0 +1,209 @@
+"""Reconcile the three stores: report what disagrees; with --fix, repair what is safe to repair.
+
+    python -m pipelines.reconcile [--fix] [--grace 600] [--report out.json]
+
+--fix deletes orphan vectors and objects older than the grace period and re-embeds rows whose
+vector is missing (a Ray Data job, same stages as the backfill). It never deletes a row: rows
+are the source of truth, and one whose object is gone is reported as unrecoverable.
+
+Ages: the ingest writes the object before the vector, so a vector is as old as its object. An
+orphan vector with a young object may belong to an ingest in flight and is kept; one with no
+object at all belongs to no ingest in flight and goes. Every deletion re-checks the metadata
+first, so a row committed since the scan keeps what it references.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import asdict
+from typing import Any
+
+from deployments.config import Settings
+from deployments.embedding import model_dim
+from deployments.stores import Stores, open_stores
+from pipelines.findings import (
+    Content,
+    Findings,
+    delete_vectors,
+    object_ages,
+    scan,
+    sha_of_key,
+    unreferenced_ids,
+)
+from pipelines.options import PoolOptions, add_pool_arguments, pool_options_from_args
+from pipelines.runtime import (
+    add_common_arguments,
+    capped,
+    ensure_ray,
+    settings_from_args,
+    setup_logging,
+    write_report,
+)
+from pipelines.stages import with_retries
+
+logger = logging.getLogger("pipelines.reconcile")
+DEFAULT_GRACE_S = 600.0
+LIST_LIMIT = 1000
+
+
+def _stores(settings: Settings) -> Stores:
+    m = settings.model
+    return open_stores(settings, model_dim(m.name), m.model_id)
+
+
+def describe(f: Findings) -> dict[str, Any]:
+    def contents(items: list[Content]) -> list[dict[str, Any]]:
+        return [asdict(c) for c in capped(items, LIST_LIMIT)]
+
+    return {
+        "counts": {
+            "rows": f.rows,
+            "contents": f.contents,
+            "vectors": f.vectors,
+            "objects": f.objects,
+            "rows_without_vector": len(f.rows_without_vector),
+            "rows_without_object": len(f.rows_without_object),
+            "orphan_vectors": len(f.orphan_vectors),
+            "orphan_objects": len(f.orphan_objects),
+            "foreign_objects": len(f.foreign_objects),
+        },
+        "consistent": f.consistent,
+        "rows_without_vector": contents(f.rows_without_vector),
+        "rows_without_object": contents(f.rows_without_object),
+        "orphan_vectors": capped(f.orphan_vectors, LIST_LIMIT),
+        "orphan_objects": capped(f.orphan_objects, LIST_LIMIT),
+        "foreign_objects": capped(f.foreign_objects, LIST_LIMIT),
+    }
+
+
+def run(
+    settings: Settings,
+    fix: bool = False,
+    grace_s: float = DEFAULT_GRACE_S,
+    opts: PoolOptions | None = None,
+    address: str | None = None,
+) -> dict[str, Any]:
+    started = time.monotonic()
+    stores = _stores(settings)
+    stores.metadata.create_schema()
+    findings = scan(stores)
+    report: dict[str, Any] = {"collection": settings.stores.collection, **describe(findings)}
+    if fix:
+        report["fix"] = repair(settings, stores, findings, grace_s, opts or PoolOptions(), address)
+        report["after"] = describe(scan(stores))["counts"]
+    report["elapsed_s"] = round(time.monotonic() - started, 3)
+    logger.info("reconcile %s: %s", "and fix" if fix else "(report only)", report["counts"])
+    return report
+
+
+def repair(
+    settings: Settings,
+    stores: Stores,
+    f: Findings,
+    grace_s: float,
+    opts: PoolOptions,
+    address: str | None,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"grace_s": grace_s}
+    out.update(_delete_orphan_vectors(stores, f, grace_s))
+    out.update(_delete_orphan_objects(stores, f, grace_s))
+    out.update(_reembed_missing(settings, f, opts, address))
+    with_retries("flush", stores.vectors.flush)
+    # Rows whose object is gone cannot be rebuilt from this side; a human decides.
+    out["unrecoverable_rows"] = [asdict(c) for c in capped(f.rows_without_object, LIST_LIMIT)]
+    return out
+
+
+def _delete_orphan_vectors(stores: Stores, f: Findings, grace_s: float) -> dict[str, Any]:
+    young: list[int] = []
+    candidates: list[int] = []
+    related = [k for i in f.orphan_vectors for k in f.image_keys_by_id.get(i, [])]
+    ages = object_ages(stores.objects, related)
+    for vid in f.orphan_vectors:
+        keys = f.image_keys_by_id.get(vid, [])
+        # Unknown age (missing from `ages`) counts as young: never delete on a guess.
+        if any(ages.get(k, 0.0) < grace_s for k in keys):
+            young.append(vid)
+        else:
+            candidates.append(vid)
+    doomed = unreferenced_ids(stores.metadata, candidates) if candidates else []
+    delete_vectors(stores.vectors, doomed)
+    logger.info("deleted %d orphan vectors; kept %d younger than %.0fs",
+                len(doomed), len(young), grace_s)  # fmt: skip
+    return {"vectors_deleted": len(doomed), "vectors_kept_in_grace": capped(young, LIST_LIMIT)}
+
+
+def _delete_orphan_objects(stores: Stores, f: Findings, grace_s: float) -> dict[str, Any]:
+    ages = object_ages(stores.objects, f.orphan_objects)
+    deleted, young = 0, []
+    for key in f.orphan_objects:
+        if ages.get(key, 0.0) < grace_s:
+            young.append(key)
+            continue
+        sha = sha_of_key(key)
+        if sha and stores.metadata.references(sha) == 0:
+            stores.objects.delete(key)
+            deleted += 1
+    logger.info("deleted %d orphan objects; kept %d younger than %.0fs",
+                deleted, len(young), grace_s)  # fmt: skip
+    return {"objects_deleted": deleted, "objects_kept_in_grace": capped(young, LIST_LIMIT)}
+
+
+def _reembed_missing(
+    settings: Settings, f: Findings, opts: PoolOptions, address: str | None
+) -> dict[str, Any]:
+    from pipelines.reembed import embed_contents
+
+    no_object = set(f.rows_without_object)
+    todo = [c for c in f.rows_without_vector if c not in no_object]
+    if not todo:
+        return {"reembedded": 0, "reembed_failed": [], "reembed_failed_count": 0}
+    ensure_ray(address)
+    result = embed_contents(todo, settings, settings.stores.collection, opts)
+    return {
+        "reembedded": result["embedded"],
+        "reembed_failed": result["failed"],
+        "reembed_failed_count": result["failed_count"],
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--fix", action="store_true", help="delete old orphans, re-embed rows missing a vector"
+    )
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=DEFAULT_GRACE_S,
+        metavar="SECONDS",
+        help="only orphans older than this are deleted (default 600)",
+    )
+    add_common_arguments(parser)
+    add_pool_arguments(parser)
+
+
+def command(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    report = run(settings, args.fix, args.grace, pool_options_from_args(args), args.address)
+    write_report(report, args.report)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.reconcile",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    return command(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

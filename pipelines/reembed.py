@@ -1,0 +1,219 @@
+"""Re-embed every stored image with another model or precision into a new collection, then switch.
+
+    python -m pipelines.reembed --model efficientnet-lite0 --precision bf16 \
+        [--collection NEW] [--switch-app image_search] [--report out.json]
+
+1. bulk: every distinct content the metadata knows (objects are keyed by the rows) is fetched,
+   decoded for the new model, embedded by an actor pool and upserted into NEW. Contents NEW
+   already holds are skipped, so a stopped run resumes.
+2. switch (with --switch-app): the running Serve application is redeployed with the new model
+   and collection; see pipelines/switch.py for why search never stops.
+3. catch-up: rows written since step 1 began went through the old application (their vectors
+   are in the old collection, or, during the switch, possibly from the old model): their
+   contents are embedded again into NEW, overwriting, plus anything NEW still lacks.
+The old collection is left as it was, for a rollback; config.yaml must then name the new model
+and collection (the report says what to set), or a restart would bring the old ones back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, get_args
+
+from deployments.config import ModelSettings, Settings
+from deployments.embedding import model_dim
+from deployments.errors import ConfigError
+from deployments.stores import MetadataStore, open_metadata, open_vectors
+from pipelines.findings import Content
+from pipelines.options import PoolOptions, add_pool_arguments, pool_options_from_args
+from pipelines.runtime import (
+    add_common_arguments,
+    capped,
+    ensure_ray,
+    settings_from_args,
+    setup_logging,
+    write_report,
+)
+from pipelines.stages import with_retries
+
+logger = logging.getLogger("pipelines.reembed")
+LIST_LIMIT = 1000
+PAGE = 500
+# Row timestamps come from the database's writers, clocks of other hosts: look back a little.
+CLOCK_SLACK = timedelta(seconds=30)
+
+
+def embed_contents(
+    contents: Sequence[Content], model_settings: Settings, collection: str, opts: PoolOptions
+) -> dict[str, Any]:
+    """Embed stored contents with model_settings.model into `collection` (a Ray Data job)."""
+    from pipelines.dataflow import content_dataset, stream_rows
+
+    if not contents:
+        return {"embedded": 0, "failed": [], "failed_count": 0}
+    rows = [
+        {"sha256": c.sha256, "milvus_id": c.milvus_id, "file_path": c.file_path} for c in contents
+    ]
+    embedded, failed = 0, []
+
+    def on_rows(out: list[dict[str, Any]]) -> None:
+        nonlocal embedded
+        for row in out:
+            if row["status"] == "embedded":
+                embedded += 1
+            else:
+                failed.append({"file_path": row["file_path"], "reason": row["reason"]})
+
+    stream_rows(content_dataset(rows, model_settings, collection, opts), on_rows)
+    m = model_settings.model
+    target = open_vectors(model_settings, model_dim(m.name), m.model_id, collection=collection)
+    with_retries("flush", target.flush)
+    return {"embedded": embedded, "failed": capped(failed, LIST_LIMIT), "failed_count": len(failed)}
+
+
+def target_settings(
+    settings: Settings, model: str, precision: str, collection: str | None
+) -> Settings:
+    data = settings.model_dump(mode="json")
+    data["model"].update(name=model, precision=precision)
+    data["stores"]["collection"] = collection or default_collection(settings, model, precision)
+    new = Settings.model_validate(data)
+    if new.stores.collection == settings.stores.collection:
+        raise ConfigError("the new collection must differ from the one in service")
+    return new
+
+
+def default_collection(settings: Settings, model: str, precision: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", f"{settings.stores.collection}__{model}_{precision}")
+
+
+def contents_since(metadata: MetadataStore, since: datetime) -> list[Content]:
+    """Distinct contents of rows created at or after `since` (newest first, paged by id)."""
+    out: dict[str, Content] = {}
+    offset = 0
+    while True:
+        page = metadata.page(offset, PAGE)
+        for rec in page:
+            if rec.created_at >= since:
+                out.setdefault(rec.sha256, Content(rec.sha256, rec.milvus_id, rec.file_path))
+        if len(page) < PAGE or page[-1].created_at < since:
+            return list(out.values())
+        offset += PAGE
+
+
+def missing_in(new: Settings, metadata: MetadataStore) -> list[Content]:
+    m = new.model
+    target = open_vectors(new, model_dim(m.name), m.model_id, collection=new.stores.collection)
+    target.ping()  # creates NEW bound to the new model id, or refuses one built by another
+    have = set(target.ids())
+    return [Content(s, int(i), p) for s, i, p in metadata.iter_content() if int(i) not in have]
+
+
+def run(
+    settings: Settings,
+    model: str,
+    precision: str,
+    collection: str | None = None,
+    switch_app: str | None = None,
+    route_prefix: str | None = None,
+    serve_config: str | None = "serve_config.yaml",
+    opts: PoolOptions | None = None,
+) -> dict[str, Any]:
+    """Ray must be initialised (ensure_ray) on the cluster that runs the app to switch."""
+    opts = opts or PoolOptions()
+    new = target_settings(settings, model, precision, collection)
+    if switch_app:
+        from pipelines.switch import app_details
+
+        # Fail before the long part: the app must run on the cluster this job runs on.
+        if app_details(switch_app) is None:
+            raise ConfigError(f"no Serve application {switch_app!r} on this Ray cluster")
+    metadata = open_metadata(settings)
+    metadata.create_schema()
+    started, began_at = time.monotonic(), datetime.now(UTC)
+    report: dict[str, Any] = {
+        "from": {"model_id": settings.model.model_id, "collection": settings.stores.collection},
+        "to": {"model_id": new.model.model_id, "collection": new.stores.collection},
+    }
+    todo = missing_in(new, metadata)
+    logger.info("re-embedding %d contents into %s with %s", len(todo), new.stores.collection,
+                new.model.model_id)  # fmt: skip
+    report["bulk"] = embed_contents(todo, new, new.stores.collection, opts)
+    if switch_app:
+        from pipelines.switch import switch_app as do_switch
+
+        report["switch"] = do_switch(switch_app, settings, new, route_prefix, serve_config)
+        late = contents_since(metadata, began_at - CLOCK_SLACK)
+        known = {c.sha256 for c in late}
+        late += [c for c in missing_in(new, metadata) if c.sha256 not in known]
+        logger.info("catch-up: %d contents written since the bulk pass began", len(late))
+        report["catch_up"] = embed_contents(late, new, new.stores.collection, opts)
+    report["config_to_set"] = {
+        "model.name": new.model.name,
+        "model.precision": new.model.precision,
+        "stores.collection": new.stores.collection,
+    }
+    report["elapsed_s"] = round(time.monotonic() - started, 3)
+    return report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    names = get_args(ModelSettings.model_fields["name"].annotation)
+    precisions = get_args(ModelSettings.model_fields["precision"].annotation)
+    parser.add_argument("--model", required=True, choices=names)
+    parser.add_argument("--precision", default="fp32", choices=precisions)
+    parser.add_argument(
+        "--collection", default=None, help="new collection (default: <old>__<model>_<precision>)"
+    )
+    parser.add_argument(
+        "--switch-app", default=None, metavar="APP", help="Serve application to switch when done"
+    )
+    parser.add_argument(
+        "--route-prefix", default=None, help="its route prefix (default: the one it has)"
+    )
+    parser.add_argument(
+        "--serve-config", default="serve_config.yaml", help="deployment options to fall back on"
+    )
+    add_common_arguments(parser)
+    add_pool_arguments(parser)
+
+
+def command(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    ensure_ray(args.address)
+    report = run(
+        settings,
+        args.model,
+        args.precision,
+        args.collection,
+        args.switch_app,
+        args.route_prefix,
+        args.serve_config,
+        pool_options_from_args(args),
+    )
+    write_report(report, args.report)
+    failed = sum(report.get(k, {}).get("failed_count", 0) for k in ("bulk", "catch_up"))
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.reembed",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    return command(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""The stateful Ray Data stages: embed (model once per actor) and write (store clients once).
+
+They are callable classes for `map_batches(..., compute=ActorPoolStrategy(...))`; Ray builds
+one instance per actor and calls it per batch. Each is a thin shell over the core: the
+Embedder protocol, and IndexService.ingest_many with the online path's consistency protocol.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import numpy as np
+
+from deployments.config import settings_from_json
+from deployments.embedding import load_embedder, model_dim
+from deployments.errors import Conflict, SearchEngineError, StoreUnavailable
+from deployments.indexing import IndexService, IngestItem
+from deployments.stores import ImageRecord, NewImage, object_key_for, open_stores, open_vectors
+from pipelines.batches import Batch, Row, to_batch, to_rows
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+WRITTEN_COLUMNS = ("uri", "meta_uuid", "sha256", "status", "reason")
+UPSERTED_COLUMNS = ("sha256", "milvus_id", "file_path", "status", "reason")
+STORE_RETRY_S = (2.0, 5.0, 10.0, 20.0)  # pauses between attempts: ~40 s in all
+
+
+class EmbedStage:
+    """pixels (bytes of crop x crop x 3 uint8, b"" = nothing to embed) -> vector (float32 bytes)."""
+
+    def __init__(self, settings_json: str, batch_size: int) -> None:
+        settings = settings_from_json(settings_json)
+        self.model = load_embedder(settings.model)
+        self.batch_size = batch_size
+        crop = self.model.spec.crop
+        self.shape = (crop, crop, 3)
+        # The first forward pass allocates and picks kernels; pay it before the first batch.
+        self.model.embed(np.zeros((1, *self.shape), dtype=np.uint8))
+        logger.info("embedder %s ready (batch %d)", self.model.model_id, batch_size)
+
+    def __call__(self, batch: Batch) -> Batch:
+        pixels = batch.pop("pixels")
+        todo = [i for i, p in enumerate(pixels) if len(p)]
+        vectors = np.empty(len(pixels), dtype=object)
+        vectors[:] = [b""] * len(pixels)
+        for start in range(0, len(todo), self.batch_size):
+            idx = todo[start : start + self.batch_size]
+            stack = np.stack([np.frombuffer(pixels[i], np.uint8).reshape(self.shape) for i in idx])
+            for i, v in zip(idx, self.model.embed(stack), strict=True):
+                vectors[i] = v.astype(np.float32).tobytes()
+        batch["vector"] = vectors
+        return batch
+
+
+def vector_of(raw: bytes) -> np.ndarray | None:
+    return np.frombuffer(raw, dtype=np.float32) if raw else None
+
+
+def with_retries(what: str, fn: Callable[..., T], *args: Any) -> T:
+    """Call fn, riding out a store that is briefly unavailable.
+
+    A batch job can wait where the online path answers 503: Milvus Lite, for one, answers
+    nothing while it builds an index after a flush, which takes seconds on a busy node.
+    """
+    for pause in STORE_RETRY_S:
+        try:
+            return fn(*args)
+        except StoreUnavailable as exc:
+            logger.warning("%s failed (%s); retrying in %.0fs", what, exc.message, pause)
+            time.sleep(pause)
+    return fn(*args)
+
+
+class WriteStage:
+    """Batched writes through IndexService.ingest_many: object -> vector -> metadata row."""
+
+    def __init__(self, settings_json: str) -> None:
+        settings = settings_from_json(settings_json)
+        m = settings.model
+        stores = open_stores(settings, model_dim(m.name), m.model_id)
+        self.svc = IndexService(stores, settings.limits.max_pixels, settings.server.thumbnail_size)
+        self.svc.prepare()  # schema + collection; ConfigError on a model/collection mismatch
+
+    def __call__(self, batch: Batch) -> Batch:
+        rows = to_rows(batch)
+        todo = [r for r in rows if r["status"] in ("new", "known")]
+        if todo:
+            self._write(todo)  # sets each of these rows' final status
+        return to_batch(rows, WRITTEN_COLUMNS)
+
+    def _write(self, rows: list[Row]) -> None:
+        items = [IngestItem(_new_image(r), r["data"], vector_of(r["vector"])) for r in rows]
+        try:
+            results = with_retries("ingest", self.svc.ingest_many, items)
+        except StoreUnavailable as exc:
+            # The job goes on; these rows are reported as failed and a rerun picks them up.
+            for r in rows:
+                r["status"], r["reason"] = "failed", f"store unavailable: {exc.message}"
+            return
+        for r, res in zip(rows, results, strict=True):
+            r["status"], r["reason"] = self._outcome(r, res)
+
+    def _outcome(self, r: Row, res: ImageRecord | SearchEngineError) -> tuple[str, str]:
+        if isinstance(res, ImageRecord):
+            return "indexed", ""
+        if isinstance(res, Conflict):
+            # Someone (another batch, the live service) took this meta_uuid after planning.
+            rec = self.svc.stores.metadata.get(r["meta_uuid"])
+            if rec is not None and rec.sha256 == r["sha256"]:
+                return "duplicate", f"meta_uuid {r['meta_uuid']} already holds these bytes"
+            return "conflict", f"meta_uuid {r['meta_uuid']} already holds other content"
+        return "failed", f"{type(res).__name__}: {res.message}"
+
+
+def _new_image(r: Row) -> NewImage:
+    return NewImage(
+        meta_uuid=r["meta_uuid"],
+        hash_code=r["md5"],
+        sha256=r["sha256"],
+        file_name=r["file_name"],
+        file_path=object_key_for(r["sha256"], r["ext"]),
+        mime=r["mime"],
+        size_bytes=int(r["size"]),
+        width=int(r["width"]),
+        height=int(r["height"]),
+    )
+
+
+class UpsertStage:
+    """Re-embed and reconcile: write vectors of stored content into one collection."""
+
+    def __init__(self, settings_json: str, collection: str) -> None:
+        settings = settings_from_json(settings_json)
+        m = settings.model
+        self.vectors = open_vectors(settings, model_dim(m.name), m.model_id, collection=collection)
+        self.vectors.ping()  # creates the collection, bound to this model id
+
+    def __call__(self, batch: Batch) -> Batch:
+        rows = to_rows(batch)
+        todo = [r for r in rows if r["vector"]]
+        if todo:
+            ids = [int(r["milvus_id"]) for r in todo]
+            vecs = np.stack([np.frombuffer(r["vector"], dtype=np.float32) for r in todo])
+            try:
+                with_retries("upsert", self.vectors.upsert, ids, vecs)
+                done, reason = "embedded", ""
+            except StoreUnavailable as exc:
+                done, reason = "failed", f"store unavailable: {exc.message}"
+            for r in todo:
+                r["status"], r["reason"] = done, reason
+        return to_batch(rows, UPSERTED_COLUMNS)

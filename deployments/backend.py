@@ -11,13 +11,21 @@ from fastapi import Request
 from ray.serve.handle import DeploymentHandle
 
 from deployments.config import Settings
-from deployments.errors import BadRequest, Conflict, SearchEngineError
+from deployments.errors import BadRequest, Conflict, SearchEngineError, StoreUnavailable
 from deployments.imaging import DecodedImage, content_info, sniff
 from deployments.indexing import Hit
 from deployments.stores import ImageRecord
 
 _MIME = {"jpg": "image/jpeg", "png": "image/png", "gif": "image/gif", "webp": "image/webp",
          "bmp": "image/bmp", "tiff": "image/tiff"}  # fmt: skip
+
+
+SWITCH_RETRIES = 40
+SWITCH_WAIT_S = 0.5
+
+
+def is_model_switch(err: SearchEngineError | None) -> bool:
+    return isinstance(err, StoreUnavailable) and "model switch" in err.message
 
 
 def find_domain_error(exc: BaseException) -> SearchEngineError | None:
@@ -147,9 +155,19 @@ class ServeBackend:
     ) -> list[Hit]:
         sniff(data)  # a 415/400 right here, without a trip through the graph
         decoded = self.decoder.decode.remote(data)
-        vector = self.embedder.embed.remote(decoded)
-        hits: list[Hit] = await self.indexer.search.remote(vector, offset, limit, threshold)
-        return hits
+        attempt = 0
+        while True:
+            vector = self.embedder.embed.remote(decoded)
+            try:
+                hits: list[Hit] = await self.indexer.search.remote(vector, offset, limit, threshold)
+                return hits
+            except Exception as exc:
+                # During a rolling model switch the Embedder and the Indexer update separately;
+                # for a few seconds one of them runs the other model. Wait that out, briefly.
+                if attempt >= SWITCH_RETRIES or not is_model_switch(find_domain_error(exc)):
+                    raise
+            attempt += 1
+            await asyncio.sleep(SWITCH_WAIT_S)
 
     # -- presentation -----------------------------------------------------------------------
     async def present(self, request: Request, records: list[ImageRecord]) -> list[dict[str, Any]]:

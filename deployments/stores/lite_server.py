@@ -81,32 +81,46 @@ def ensure_lite_server(data_dir: str | Path, port: int, start_timeout_s: float =
                 f"{data_dir}; set stores.lite_port (ISE__STORES__LITE_PORT) to a free port"
             )
         data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(data_dir.parent / f"{data_dir.name}.server.log", "ab")  # noqa: SIM115
+        log_path = data_dir.parent / f"{data_dir.name}.server.log"
         cmd = [
             sys.executable, "-m", "milvus_lite", "server",
             "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(port),
         ]  # fmt: skip
-        # A new session: the server must survive the replica or job that happened to start it.
-        proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )  # fmt: skip
-        log.close()
+        pid = _spawn_detached(cmd, log_path)
         deadline = time.monotonic() + start_timeout_s
         while not port_open(port):
-            if proc.poll() is not None:
-                raise StoreUnavailable(
-                    f"Milvus Lite server exited with {proc.returncode}; see "
-                    f"{data_dir.parent / (data_dir.name + '.server.log')}",
-                    "vectors",
-                )
+            if not _alive(pid):
+                raise StoreUnavailable(f"Milvus Lite server exited; see {log_path}", "vectors")
             if time.monotonic() > deadline:
-                proc.kill()
+                os.kill(pid, signal.SIGKILL)
                 raise StoreUnavailable("Milvus Lite server did not start in time", "vectors")
             time.sleep(0.1)
-        _state_file(data_dir).write_text(json.dumps({"pid": proc.pid, "port": port}))
-        logger.info("started Milvus Lite server pid %d on %s for %s", proc.pid, uri, data_dir)
+        _state_file(data_dir).write_text(json.dumps({"pid": pid, "port": port}))
+        logger.info("started Milvus Lite server pid %d on %s for %s", pid, uri, data_dir)
         return uri
+
+
+_LAUNCHER = """
+import subprocess, sys
+with open(sys.argv[1], "ab") as log:
+    proc = subprocess.Popen(sys.argv[2:], stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+print(proc.pid)
+"""
+
+
+def _spawn_detached(cmd: list[str], log_path: Path) -> int:
+    """Start cmd as an orphan in its own session and return its pid.
+
+    The server must outlive whichever replica or job happened to start it, and Ray kills the
+    direct children of a worker that exits (new session or not). A short-lived launcher that
+    exits at once leaves the server parentless, so nobody's exit takes it down.
+    """
+    out = subprocess.run(
+        [sys.executable, "-c", _LAUNCHER, str(log_path), *cmd],
+        capture_output=True, text=True, check=True, timeout=30,
+    )  # fmt: skip
+    return int(out.stdout.strip())
 
 
 def stop_lite_server(data_dir: str | Path, timeout_s: float = 10.0) -> bool:

@@ -90,7 +90,9 @@ class ServeBackend:
         return checks
 
     # -- flows ------------------------------------------------------------------------------
-    async def index_one(self, data: bytes, file_name: str, meta_uuid: str | None) -> ImageRecord:
+    async def index_one(
+        self, data: bytes, file_name: str, meta_uuid: str | None, tags: tuple[str, ...] = ()
+    ) -> ImageRecord:
         info = content_info(data)
         meta_uuid = meta_uuid or info.md5
         plan = (await self.indexer.plan.remote([(meta_uuid, info.sha256)]))[0]
@@ -99,7 +101,7 @@ class ServeBackend:
         decoded = self.decoder.decode.remote(data)
         vector = self.embedder.embed.remote(decoded) if plan == "new" else None
         rec: ImageRecord = await self.indexer.ingest.remote(
-            (meta_uuid, file_name, info), data, decoded, vector
+            (meta_uuid, file_name, info), data, decoded, vector, tags
         )
         return rec
 
@@ -200,6 +202,7 @@ class ServeBackend:
                     "height": r.height,
                     "size_bytes": r.size_bytes,
                     "mime": r.mime,
+                    "tags": list(r.tags),
                 }
             )
         return out

@@ -150,8 +150,9 @@ class Indexer:
         data: bytes,
         decoded: DecodedImage,
         embedding: Embedding | None,
+        tags: tuple[str, ...] = (),
     ) -> ImageRecord:
-        item = IngestItem(_new_image(meta, decoded), data, self._vector(embedding))
+        item = IngestItem(_new_image(meta, decoded, tags), data, self._vector(embedding))
         return await self._run(self.svc.ingest, item)
 
     async def ingest_many(
@@ -202,7 +203,9 @@ class Indexer:
         return await self._run(self.svc.thumbnail, meta_uuid)
 
 
-def _new_image(meta: tuple[str, str, ContentInfo], decoded: DecodedImage) -> NewImage:
+def _new_image(
+    meta: tuple[str, str, ContentInfo], decoded: DecodedImage, tags: tuple[str, ...] = ()
+) -> NewImage:
     meta_uuid, file_name, info = meta
     return NewImage(
         meta_uuid=meta_uuid,
@@ -214,6 +217,7 @@ def _new_image(meta: tuple[str, str, ContentInfo], decoded: DecodedImage) -> New
         size_bytes=info.size,
         width=decoded.width,
         height=decoded.height,
+        tags=tags,
     )
 
 

@@ -151,9 +151,12 @@ async def upload(
     be: Backend,
     file: Annotated[UploadFile, File()],
     meta_uuid: Annotated[str | None, Form(max_length=64)] = None,
+    tags: Annotated[str | None, Form(max_length=2000)] = None,
 ) -> dict[str, Any]:
+    """Upload one image; `tags` is an optional comma-separated list of labels."""
     data = await _read(file, be.settings.limits.max_upload_bytes)
-    rec = await be.index_one(data, file.filename or "", _check_uuid(meta_uuid))
+    labels = tuple(t.strip() for t in (tags or "").split(",") if t.strip())
+    rec = await be.index_one(data, file.filename or "", _check_uuid(meta_uuid), labels)
     metrics.count_upload("indexed")
     return ok("indexed", data=(await be.present(request, [rec]))[0])
 

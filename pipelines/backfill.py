@@ -97,7 +97,7 @@ class Summary:
             "skipped_files": capped(self.skipped, LIST_LIMIT),
             "conflict_files": capped(self.conflicts, LIST_LIMIT),
             "failed_files": capped(self.failed, LIST_LIMIT),
-            "tags_not_stored": tagged,
+            "tagged": tagged,
             "elapsed_s": round(elapsed, 3),
             "first_result_s": first,
             "after_first_result_images_per_s": steady,
@@ -140,9 +140,6 @@ def run(settings: Settings, source: str, opts: PoolOptions | None = None) -> dic
     started = time.monotonic()
     listing = list_source(source, settings)
     tagged = sum(1 for it in listing.items if it.tags)
-    if tagged:
-        logger.warning("%d manifest entries carry tags; the metadata schema has no tags yet, "
-                       "so they are not stored", tagged)  # fmt: skip
     logger.info("backfill of %s: %d files to read (%d ignored, %d rejected entries)",
                 source, len(listing.items), listing.ignored, len(listing.rejected))  # fmt: skip
     summary = Summary()

@@ -26,7 +26,7 @@ from pipelines.sources import read_bytes
 
 PREPARED_COLUMNS = (
     "uri", "meta_uuid", "explicit_uuid", "file_name", "status", "reason", "sha256", "md5",
-    "ext", "mime", "size", "width", "height", "data", "pixels",
+    "ext", "mime", "size", "width", "height", "data", "pixels", "tags",
 )  # fmt: skip
 
 
@@ -46,8 +46,9 @@ def _context(settings_json: str) -> _Context:
     return _Context(settings, model_spec(settings.model.name), metadata)
 
 
-def blank_row(uri: str, meta_uuid: str, size: int) -> Row:
+def blank_row(uri: str, meta_uuid: str, size: int, tags: str = "[]") -> Row:
     return {
+        "tags": tags,
         "uri": uri, "meta_uuid": meta_uuid, "explicit_uuid": bool(meta_uuid),
         "file_name": PurePosixPath(uri).name[:255], "status": "skipped", "reason": "",
         "sha256": "", "md5": "", "ext": "", "mime": "", "size": size, "width": 0, "height": 0,
@@ -69,7 +70,8 @@ def prepare_batch(batch: Batch, settings_json: str) -> Batch:
 
 
 def _read_and_hash(src: Row, settings: Settings) -> Row:
-    row = blank_row(str(src["uri"]), str(src["meta_uuid"] or ""), int(src["size"]))
+    row = blank_row(str(src["uri"]), str(src["meta_uuid"] or ""), int(src["size"]),
+                    str(src.get("tags") or "[]"))  # fmt: skip
     try:
         data = read_bytes(row["uri"], row["size"], settings.limits.max_upload_bytes, settings)
         info = content_info(data)  # sniffs the magic bytes: non-images stop here

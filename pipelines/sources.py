@@ -45,7 +45,8 @@ class Item:
     tags: list[str] = field(default_factory=list)
 
     def row(self) -> dict[str, Any]:
-        return {"uri": self.uri, "meta_uuid": self.meta_uuid, "size": self.size}
+        return {"uri": self.uri, "meta_uuid": self.meta_uuid, "size": self.size,
+                "tags": json.dumps(self.tags)}  # fmt: skip
 
 
 @dataclass

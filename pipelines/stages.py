@@ -7,6 +7,7 @@ Embedder protocol, and IndexService.ingest_many with the online path's consisten
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -127,6 +128,7 @@ def _new_image(r: Row) -> NewImage:
         size_bytes=int(r["size"]),
         width=int(r["width"]),
         height=int(r["height"]),
+        tags=tuple(json.loads(str(r.get("tags") or "[]"))),
     )
 
 

@@ -49,6 +49,7 @@ class ImageRecord:
     height: int
     created_at: datetime
     updated_at: datetime
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class NewImage:
     size_bytes: int
     width: int
     height: int
+    tags: tuple[str, ...] = ()
 
     @property
     def milvus_id(self) -> int:

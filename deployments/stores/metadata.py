@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -88,6 +89,8 @@ class Image(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
+    # Free-form labels (from a backfill manifest or the upload form), stored as a JSON list.
+    tags: Mapped[str] = mapped_column(String(2048), default="[]")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now, onupdate=_now)
 
@@ -106,6 +109,7 @@ class Image(Base):
             height=self.height,
             created_at=self.created_at,
             updated_at=self.updated_at,
+            tags=tuple(json.loads(self.tags or "[]")),
         )
 
 
@@ -186,6 +190,7 @@ class SqlMetadataStore:
             size_bytes=new.size_bytes,
             width=new.width,
             height=new.height,
+            tags=json.dumps(list(new.tags)),
         )
         try:
             with self._session() as s:

@@ -91,6 +91,15 @@ def test_original_front_end_replay(client: httpx.Client, photos: dict[str, bytes
         assert client.get(f"/meta/image/fe-{name}").status_code == 404
 
 
+def test_upload_with_tags(client: httpx.Client) -> None:
+    r = client.post("/meta/image/file", files={"file": ("t.jpg", noise_jpeg(77))},
+                    data={"meta_uuid": "tagged", "tags": "shoe, red ,,sale"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert r.json()["data"]["tags"] == ["shoe", "red", "sale"]
+    assert client.get("/meta/image/tagged").json()["data"]["tags"] == ["shoe", "red", "sale"]
+    client.delete("/meta/image/tagged")
+
+
 def test_default_meta_uuid_is_md5_and_duplicate_is_409(client: httpx.Client) -> None:
     data = noise_jpeg(1)
     first = client.post("/meta/image/file", files={"file": ("n.jpg", data)}).json()["data"]

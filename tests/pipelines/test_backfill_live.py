@@ -116,12 +116,13 @@ def test_manifest_rerun_skips_known_and_reports_conflicts(
     assert report["conflict_files"][0]["meta_uuid"] == md5(dc)
     assert report["skipped_by_reason"] == {"unreadable": 1, "bad manifest line": 1,
                                            "invalid meta_uuid": 1}  # fmt: skip
-    assert report["tags_not_stored"] == 1
+    assert report["tagged"] == 1
 
     st = stores_for(settings)
     assert st.metadata.count() == 51  # one new row: custom-d, sharing d's content and vector
     rec = st.metadata.get("custom-d")
     assert rec is not None and rec.sha256 == hashlib.sha256(dd).hexdigest()
+    assert rec.tags == ("x", "y")  # manifest tags land in the metadata row
     assert st.vectors.count() == 50
     kept = st.metadata.get(md5(dc))
     assert kept is not None and kept.sha256 == hashlib.sha256(dc).hexdigest()  # not overwritten

@@ -24,12 +24,12 @@ from ray.serve.handle import DeploymentHandle
 from deployments import metrics
 from deployments.backend import ServeBackend
 from deployments.config import Settings, load_settings, settings_from_json, settings_to_json
-from deployments.embedding import Embedding, load_embedder, model_dim, model_spec
+from deployments.embedding import Embedding, load_embedder, model_spec
 from deployments.errors import SearchEngineError, StoreUnavailable
 from deployments.http import app, set_backend
 from deployments.imaging import ContentInfo, DecodedImage, decode
 from deployments.indexing import Hit, IndexService, IngestItem, Plan
-from deployments.stores import ImageRecord, NewImage, object_key_for, open_stores
+from deployments.stores import ImageRecord, NewImage, object_key_for
 
 logger = logging.getLogger("ray.serve")
 T = TypeVar("T")
@@ -92,10 +92,7 @@ class Indexer:
     """Owns the store clients; every write follows the consistency protocol in indexing.py."""
 
     def __init__(self, settings_json: str) -> None:
-        settings = settings_from_json(settings_json)
-        m = settings.model
-        stores = open_stores(settings, model_dim(m.name), m.model_id)
-        self.svc = IndexService(stores, settings.limits.max_pixels, settings.server.thumbnail_size)
+        self.svc = IndexService.from_settings(settings_from_json(settings_json))
         self._prepared = False
         try:
             self._prepare()

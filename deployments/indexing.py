@@ -17,9 +17,11 @@ from typing import Literal
 
 import numpy as np
 
+from deployments.config import Settings
+from deployments.embedding import model_dim
 from deployments.errors import Conflict, NotFound, SearchEngineError, StoreUnavailable
 from deployments.imaging import thumbnail_jpeg
-from deployments.stores import ImageRecord, NewImage, Stores, thumbnail_key_for
+from deployments.stores import ImageRecord, NewImage, Stores, open_stores, thumbnail_key_for
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +54,13 @@ class IndexService:
         # drops the last reference cannot interleave with an ingest of the same bytes.
         self._content_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._locks_guard = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> IndexService:
+        """The stores named in settings, bound to the configured model's collection."""
+        m = settings.model
+        stores = open_stores(settings, model_dim(m.name), m.model_id)
+        return cls(stores, settings.limits.max_pixels, settings.server.thumbnail_size)
 
     def _content_lock(self, sha256: str) -> threading.Lock:
         with self._locks_guard:

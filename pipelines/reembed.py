@@ -36,8 +36,8 @@ from pipelines.runtime import (
     add_common_arguments,
     capped,
     ensure_ray,
+    job_main,
     settings_from_args,
-    setup_logging,
     write_report,
 )
 from pipelines.stages import with_retries
@@ -203,16 +203,7 @@ def command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.reembed",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_arguments(parser)
-    parser.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
-    return command(args)
+    return job_main("pipelines.reembed", __doc__, add_arguments, command, argv)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +85,23 @@ def write_report(report: dict[str, Any], path: str | None) -> None:
 def capped(items: list[Any], limit: int) -> list[Any]:
     """Reports list at most `limit` entries per kind (the counts stay exact)."""
     return items[:limit]
+
+
+def job_main(
+    module: str,
+    doc: str | None,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    command: Callable[[argparse.Namespace], int],
+    argv: list[str] | None = None,
+) -> int:
+    """The `python -m pipelines.<job>` entry point the three jobs share."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {module}",
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    return command(args)

@@ -19,7 +19,7 @@ from deployments.config import settings_from_json
 from deployments.embedding import load_embedder, model_dim
 from deployments.errors import Conflict, SearchEngineError, StoreUnavailable
 from deployments.indexing import IndexService, IngestItem
-from deployments.stores import ImageRecord, NewImage, object_key_for, open_stores, open_vectors
+from deployments.stores import ImageRecord, NewImage, object_key_for, open_vectors
 from pipelines.batches import Batch, Row, to_batch, to_rows
 
 logger = logging.getLogger(__name__)
@@ -80,10 +80,7 @@ class WriteStage:
     """Batched writes through IndexService.ingest_many: object -> vector -> metadata row."""
 
     def __init__(self, settings_json: str) -> None:
-        settings = settings_from_json(settings_json)
-        m = settings.model
-        stores = open_stores(settings, model_dim(m.name), m.model_id)
-        self.svc = IndexService(stores, settings.limits.max_pixels, settings.server.thumbnail_size)
+        self.svc = IndexService.from_settings(settings_from_json(settings_json))
         self.svc.prepare()  # schema + collection; ConfigError on a model/collection mismatch
 
     def __call__(self, batch: Batch) -> Batch:

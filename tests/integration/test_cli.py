@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from tests.conftest import ROOT, VENV_BIN, AppFactory, free_port, wait_http
 
@@ -56,20 +56,27 @@ def test_cli_reports_unreachable_service(tmp_path: Path, photos: dict[str, bytes
 
 
 def test_serve_run_serve_config_yaml(
-    ray_cluster: dict[str, str], serve_http: str, tmp_path: Path
+    ray_cluster: dict[str, str], serve_http: str, tmp_path: Path, photos: dict[str, bytes]
 ) -> None:
-    """`serve run serve_config.yaml` deploys the same graph onto a running cluster."""
+    """`serve run serve_config.yaml` deploys the same graph onto a running cluster.
+
+    The cluster builds the app, so this test's data directory travels in the application's
+    runtime_env (a config file's apps ignore `serve run --runtime-env-json`).
+    """
     env_vars = {
+        "ISE_CONFIG": str(ROOT / "config.yaml"),
         "ISE__STORES__METADATA_URI": f"sqlite:///{tmp_path}/meta.db",
         "ISE__STORES__OBJECTS_URI": f"file://{tmp_path}/objects",
         "ISE__STORES__VECTORS_URI": f"{tmp_path}/vectors.db",
         "ISE__STORES__LITE_PORT": str(free_port()),
     }
-    cmd = [
-        str(VENV_BIN / "serve"), "run", "--address", ray_cluster["address"], "--non-blocking",
-        "--working-dir", str(ROOT),
-        "--runtime-env-json", json.dumps({"env_vars": env_vars}), "serve_config.yaml",
-    ]  # fmt: skip
+    photo = photos["coffee"]
+    doc = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    doc["applications"][0]["runtime_env"] = {"env_vars": env_vars}
+    config = tmp_path / "serve_config.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    cmd = [str(VENV_BIN / "serve"), "run", "--address", ray_cluster["address"], "--non-blocking",
+           str(config)]  # fmt: skip
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -81,6 +88,11 @@ def test_serve_run_serve_config_yaml(
         emb = deps["Embedder"]["deployment_config"]
         assert emb["autoscaling_config"]["max_replicas"] == 2
         assert emb["max_ongoing_requests"] >= emb["user_config"]["max_batch_size"]
+        # It runs on this test's own stores, not on the repository's ./data.
+        up = httpx.post(serve_http + "/meta/image/file", files={"file": ("c.jpg", photo)},
+                        timeout=120)  # fmt: skip
+        assert up.status_code == 200, up.text
+        assert (tmp_path / "meta.db").exists() and (tmp_path / "objects").is_dir()
     finally:
         from ray import serve
 

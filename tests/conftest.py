@@ -160,6 +160,18 @@ def serve_http(ray_cluster: dict[str, str]) -> str:
     return f"http://127.0.0.1:{port}"
 
 
+def embedded_overrides(data: Path) -> dict[str, Any]:
+    """Settings overrides that put every embedded store under `data`, on a private Lite port."""
+    return {
+        "data_dir": str(data),
+        "stores.metadata_uri": f"sqlite:///{data}/meta.db",
+        "stores.objects_uri": f"file://{data}/objects",
+        "stores.vectors_uri": f"{data}/vectors.db",
+        "stores.lite_port": free_port(),
+        "model.cache_dir": str(data / "models"),
+    }
+
+
 class AppFactory:
     """Deploys Serve apps (the real graph), each on its own data directory and route prefix.
 
@@ -183,15 +195,7 @@ class AppFactory:
 
         from deployments.graph import build_app, serve_config_options
 
-        data = self.tmp.mktemp(f"app-{name}")
-        base_overrides: dict[str, Any] = {
-            "data_dir": str(data),
-            "stores.metadata_uri": f"sqlite:///{data}/meta.db",
-            "stores.objects_uri": f"file://{data}/objects",
-            "stores.vectors_uri": f"{data}/vectors.db",
-            "stores.lite_port": free_port(),
-            "model.cache_dir": str(data / "models"),
-        }
+        base_overrides = embedded_overrides(self.tmp.mktemp(f"app-{name}"))
         base_overrides.update(overrides or {})
         options = serve_config_options(ROOT / "serve_config.yaml")
         for dep, extra in (extra_options or {}).items():

@@ -21,7 +21,7 @@ from deployments.config import Settings, load_settings
 from deployments.embedding import model_dim
 from deployments.stores import Stores, open_stores
 from pipelines.options import PoolOptions
-from tests.conftest import ROOT, VENV_BIN, AppFactory, free_port
+from tests.conftest import ROOT, VENV_BIN, AppFactory, embedded_overrides
 
 # The job's own limit, low enough that a cheap 5000x5000 PNG trips it.
 JOB_MAX_PIXELS = 20_000_000
@@ -93,14 +93,7 @@ def photo_dir(photos: dict[str, bytes], tmp_path_factory: pytest.TempPathFactory
 # -- stores ---------------------------------------------------------------------------------------
 def store_overrides(data: Path) -> dict[str, Any]:
     """The same overrides make_app uses: every store under `data`, a private Milvus Lite port."""
-    return {
-        "data_dir": str(data),
-        "stores.metadata_uri": f"sqlite:///{data}/meta.db",
-        "stores.objects_uri": f"file://{data}/objects",
-        "stores.vectors_uri": f"{data}/vectors.db",
-        "stores.lite_port": free_port(),
-        "model.cache_dir": str(data / "models"),
-    }
+    return embedded_overrides(data)
 
 
 def as_env(overrides: dict[str, Any]) -> dict[str, str]:

@@ -37,7 +37,15 @@ def init_local_ray(
     if address:
         ray.init(address=address, **kwargs)
         return
+    # Jobs submitted to this cluster run `python ...` with the cluster's PATH: make that the
+    # interpreter (venv) the service runs in, even when it was started as .venv/bin/image-search.
+    bin_dir = str(Path(sys.executable).parent)
+    if os.environ.get("PATH", "").split(os.pathsep)[0] != bin_dir:
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
     local: dict[str, Any] = {
+        # Logical CPUs are a scheduling quota: with only the physical count, the service's
+        # fractional replicas leave a backfill job's actors pending forever on a 2-core laptop.
+        "num_cpus": max(4, 2 * (os.cpu_count() or 2)),
         "_node_ip_address": "127.0.0.1",
         "include_dashboard": True,
         "dashboard_host": "127.0.0.1",

@@ -71,14 +71,19 @@ def backfill_dataset(rows: list[Row], settings: Settings, opts: PoolOptions) -> 
     from pipelines.stages import WriteStage
 
     sj = settings_to_json(settings)
-    ds = _source(rows).map_batches(
-        prepare_batch,
-        fn_kwargs={"settings_json": sj},
+    ds = _decode_stage(rows, prepare_batch, sj, opts)
+    return _embed_and_write(ds, sj, WriteStage, {"settings_json": sj}, opts)
+
+
+def _decode_stage(rows: list[Row], fn: Any, settings_json: str, opts: PoolOptions) -> Any:
+    """The CPU-task stage both datasets start with: read, hash and decode rows in batches."""
+    return _source(rows).map_batches(
+        fn,
+        fn_kwargs={"settings_json": settings_json},
         batch_size=min(opts.batch_size, ROWS_PER_BLOCK),
         batch_format="numpy",
         num_cpus=opts.decode_cpus,
     )
-    return _embed_and_write(ds, sj, WriteStage, {"settings_json": sj}, opts)
 
 
 def content_dataset(
@@ -89,13 +94,7 @@ def content_dataset(
     from pipelines.stages import UpsertStage
 
     sj = settings_to_json(model_settings)
-    ds = _source(rows).map_batches(
-        fetch_decode_batch,
-        fn_kwargs={"settings_json": sj},
-        batch_size=min(opts.batch_size, ROWS_PER_BLOCK),
-        batch_format="numpy",
-        num_cpus=opts.decode_cpus,
-    )
+    ds = _decode_stage(rows, fetch_decode_batch, sj, opts)
     kwargs = {"settings_json": sj, "collection": collection}
     return _embed_and_write(ds, sj, UpsertStage, kwargs, opts)
 

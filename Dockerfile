@@ -1,4 +1,4 @@
-# The service image: Ray head + Serve app (deployments.graph:build_app), CPU only.
+# The service image: Ray head + Serve app (deployments.app:build_app), CPU only.
 # resnet50 weights are fetched and sha256-checked at build time, so the running service needs
 # no network access to start:
 #   docker-compose build   (reads RESNET50_WEIGHTS_URL / RESNET50_WEIGHTS_SHA256 from .env)
@@ -21,9 +21,11 @@ RUN pip install torch torchvision --index-url https://download.pytorch.org/whl/c
 
 # Dependencies change less often than code: install the project in its own layer.
 COPY pyproject.toml README.md ./
+COPY image_search ./image_search
 COPY deployments ./deployments
 COPY pipelines ./pipelines
-RUN pip install . && python -c "import deployments.graph, pymysql, minio, pymilvus"
+COPY cli ./cli
+RUN pip install . && python -c "import deployments.app, pymysql, minio, pymilvus"
 COPY config.yaml serve_config.yaml ./
 
 # Weights: the project's own fetcher (download, sha256 check, atomic rename) fills the cache
@@ -33,7 +35,7 @@ ARG RESNET50_WEIGHTS_SHA256=
 RUN test -n "$RESNET50_WEIGHTS_SHA256" || { \
       echo "set RESNET50_WEIGHTS_SHA256 (in .env, or --build-arg) to the sha256 of the weights you trust" >&2; \
       exit 1; } \
- && python -c "import sys; from deployments.embedding.weights import fetch_weights; \
+ && python -c "import sys; from image_search.embedding.weights import fetch_weights; \
 print(fetch_weights(sys.argv[1], sys.argv[2], '/opt/ise/models', timeout_s=600))" \
       "$RESNET50_WEIGHTS_URL" "$RESNET50_WEIGHTS_SHA256"
 

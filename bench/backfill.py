@@ -26,21 +26,20 @@ from pathlib import Path
 
 import numpy as np
 
+from image_search.embedding import ALLOCATOR_ENV
+
 logger = logging.getLogger("bench.backfill")
-# The same allocator settings the embed actors get (pipelines.dataflow.EMBED_ENV).
-TUNED_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000",
-                "MALLOC_ARENA_MAX": "1"}  # fmt: skip
 
 
 def _baseline(folder: Path, batch: int, threads: int) -> dict[str, float]:
-    from deployments.config import ModelSettings
-    from deployments.embedding import load_embedder, model_spec
-    from deployments.imaging import decode
+    from image_search.config import ModelSettings
+    from image_search.embedding import load_embedder, model_card
+    from image_search.imaging import decode
 
     files = sorted(folder.glob("*.jpg"))
     started = time.perf_counter()
     model = load_embedder(ModelSettings(threads=threads))
-    spec = model_spec("efficientnet-lite0")
+    spec = model_card("efficientnet-lite0").spec
     loaded = time.perf_counter()
     for i in range(0, len(files), batch):
         pixels = [decode(f.read_bytes(), spec, 40_000_000).pixels for f in files[i : i + batch]]
@@ -58,7 +57,7 @@ def _free_port() -> int:
 def _run_baseline(folder: Path, args: argparse.Namespace) -> dict[str, float]:
     cmd = [sys.executable, "-m", "bench.backfill", "--worker", str(folder),
            "--batch-size", str(args.batch_size), "--threads", str(args.threads)]  # fmt: skip
-    out = subprocess.run(cmd, env={**os.environ, **TUNED_MALLOC}, capture_output=True,
+    out = subprocess.run(cmd, env={**os.environ, **ALLOCATOR_ENV}, capture_output=True,
                          text=True, check=True)  # fmt: skip
     result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
@@ -67,7 +66,7 @@ def _run_baseline(folder: Path, args: argparse.Namespace) -> dict[str, float]:
 def _run_backfill(
     folder: Path, work: Path, args: argparse.Namespace, actors: int, cpus: float
 ) -> dict[str, float]:
-    from deployments.stores.lite_server import ensure_lite_server, stop_lite_server
+    from image_search.stores.lite_server import ensure_lite_server, stop_lite_server
 
     data = work / f"data-{actors}"
     port = _free_port()

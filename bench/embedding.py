@@ -17,8 +17,9 @@ import time
 
 import numpy as np
 
+from image_search.embedding import ALLOCATOR_ENV
+
 logger = logging.getLogger("bench.embedding")
-TUNED_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
 CONFIGS = [
     ("one image per call (baseline)", 1, "fp32", False),
     ("batch 16", 16, "fp32", False),
@@ -29,11 +30,11 @@ CONFIGS = [
 
 def _worker(model: str, batch: int, precision: str, images: int, threads: int) -> float:
     from bench.photos import distinct_images
-    from deployments.config import ModelSettings
-    from deployments.embedding import load_embedder, model_spec
-    from deployments.imaging import decode
+    from image_search.config import ModelSettings
+    from image_search.embedding import load_embedder, model_card
+    from image_search.imaging import decode
 
-    spec = model_spec(model)
+    spec = model_card(model).spec
     pixels = np.stack([decode(b, spec, 10**8).pixels for b in distinct_images(images)])
     emb = load_embedder(ModelSettings(name=model, precision=precision, threads=threads))  # type: ignore[arg-type]
     emb.embed(pixels[:batch])  # warm-up
@@ -58,9 +59,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     rows = []
     for label, batch, precision, tuned in CONFIGS:
-        env = {**os.environ, **(TUNED_MALLOC if tuned else {})}
+        env = {**os.environ, **(ALLOCATOR_ENV if tuned else {})}
         if not tuned:
-            for key in TUNED_MALLOC:
+            for key in ALLOCATOR_ENV:
                 env.pop(key, None)
         out = subprocess.run(
             [sys.executable, "-m", "bench.embedding", "--images", str(args.images),

@@ -86,13 +86,13 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    from deployments.cli import init_local_ray
+    from deployments.cluster import init_local_ray
 
     init_local_ray(namespace="serve")
     from ray import serve
 
-    from deployments.graph import build_app, serve_config_options
-    from deployments.stores.lite_server import stop_lite_server
+    from deployments.app import build_app, serve_config_options
+    from image_search.stores.lite_server import stop_lite_server
 
     with tempfile.TemporaryDirectory() as tmp:
         overrides = {

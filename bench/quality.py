@@ -28,11 +28,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from deployments.config import ModelSettings
-    from deployments.embedding import load_embedder, model_spec
-    from deployments.imaging import decode
+    from image_search.config import ModelSettings
+    from image_search.embedding import load_embedder, model_card
+    from image_search.imaging import decode
 
-    spec = model_spec(args.model)
+    spec = model_card(args.model).spec
     photos = real_photos()
     originals = np.stack([decode(to_jpeg(a), spec, 10**8).pixels for a in photos.values()])
     queries, truth = [], []

@@ -1,1 +1,1 @@
-"""image-search-engine: search by image on Ray Serve. Ray-free core plus Serve deployments."""
+"""The Serve layer: a module per deployment, the graph builder, the ingress's routes and flows."""

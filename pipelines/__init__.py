@@ -1,1 +1,1 @@
-"""Ray Data jobs (backfill, re-embed, reconcile) over the same core as the online path."""
+"""Ray Data jobs (backfill, re-embed, reconcile) over the same engine as the online path."""

@@ -19,11 +19,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from deployments.config import Settings
-from deployments.embedding import model_dim
-from deployments.errors import StoreUnavailable
-from deployments.indexing import IndexService
-from deployments.stores import open_stores
+from image_search.config import Settings
+from image_search.errors import StoreUnavailable
+from image_search.indexing import IndexService
+from image_search.stores import open_stores, open_vectors
 from pipelines.batches import Row
 from pipelines.options import PoolOptions, add_pool_arguments, pool_options_from_args
 from pipelines.runtime import (
@@ -38,7 +37,6 @@ from pipelines.sources import list_source
 from pipelines.stages import with_retries
 
 logger = logging.getLogger("pipelines.backfill")
-LIST_LIMIT = 1000
 
 
 @dataclass
@@ -94,9 +92,9 @@ class Summary:
             "failed": c["failed"],
             "ignored_not_image_extension": ignored,
             "skipped_by_reason": dict(self.skipped_by_reason),
-            "skipped_files": capped(self.skipped, LIST_LIMIT),
-            "conflict_files": capped(self.conflicts, LIST_LIMIT),
-            "failed_files": capped(self.failed, LIST_LIMIT),
+            "skipped_files": capped(self.skipped),
+            "conflict_files": capped(self.conflicts),
+            "failed_files": capped(self.failed),
             "tagged": tagged,
             "elapsed_s": round(elapsed, 3),
             "first_result_s": first,
@@ -106,14 +104,12 @@ class Summary:
         }
 
 
-def prepare_stores(settings: Settings) -> None:
+def ensure_stores(settings: Settings) -> None:
     """Create schema and collection once, in the driver, before any actor races to do it.
 
     Also fails fast (ConfigError) when the collection belongs to another model.
     """
-    m = settings.model
-    svc = IndexService(open_stores(settings, model_dim(m.name), m.model_id))
-    svc.prepare()
+    IndexService(open_stores(settings)).ensure_stores()
 
 
 def flush_vectors(settings: Settings) -> bool:
@@ -122,10 +118,8 @@ def flush_vectors(settings: Settings) -> bool:
     Milvus searches unflushed rows by brute force, so a flushed index is faster to search, but
     the rows are written either way (and the service flushes by itself): not worth failing for.
     """
-    m = settings.model
-    vectors = open_stores(settings, model_dim(m.name), m.model_id).vectors
     try:
-        with_retries("flush", vectors.flush)
+        with_retries("flush", open_vectors(settings).flush)
     except StoreUnavailable as exc:
         logger.warning("final flush failed, searches stay correct but slower: %s", exc.message)
         return False
@@ -147,7 +141,7 @@ def run(settings: Settings, source: str, opts: PoolOptions | None = None) -> dic
     for entry in listing.rejected:
         summary.add({**entry, "status": "skipped", "meta_uuid": ""})
     if listing.items:
-        prepare_stores(settings)
+        ensure_stores(settings)
         ds = backfill_dataset([it.row() for it in listing.items], settings, opts)
         stream_rows(ds, summary.add_batch)
         flushed = flush_vectors(settings)

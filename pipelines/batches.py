@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from deployments.errors import ImageTooLarge, InvalidImage, SearchEngineError, UnsupportedImage
+from image_search.errors import ImageTooLarge, InvalidImage, SearchEngineError, UnsupportedImage
 
 Row = dict[str, Any]
 Batch = dict[str, np.ndarray]

@@ -1,29 +1,25 @@
 """Ray Data graphs: source rows -> CPU tasks -> embed actor pool -> write actor pool.
 
 One builder for the backfill (files -> rows) and one for stored content (objects -> vectors
-of another model, or of the current model for rows whose vector is missing).
+of another model, or of the current model for rows whose vector is missing), which
+`embed_contents` runs for the re-embed and reconcile jobs.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from deployments.config import Settings, settings_to_json
+from image_search.config import Settings, settings_to_json
+from image_search.embedding import ALLOCATOR_ENV
+from image_search.stores import open_vectors
 from pipelines.batches import Batch, Row, to_rows
+from pipelines.findings import Content
 from pipelines.options import PoolOptions
+from pipelines.runtime import capped
+from pipelines.stages import with_retries
 
-# glibc malloc maps and unmaps every activation buffer over 32 MB; torch eager then spends a
-# large share of its time in the kernel (MACHINE_FACTS: 22 -> 72 img/s at batch 32). Ray Data
-# calls the actor off the main thread, whose malloc arena ignores those two settings (measured
-# here: 35.6 ms/image in a thread vs 23.0 on the main one) unless every thread shares the main
-# arena. glibc reads these at process start, so they go into the embed actors' environment.
-EMBED_ENV = {
-    "MALLOC_MMAP_MAX_": "0",
-    "MALLOC_TRIM_THRESHOLD_": "100000000000",
-    "MALLOC_ARENA_MAX": "1",
-}
 ROWS_PER_BLOCK = 32
 MAX_BLOCKS = 10_000
 
@@ -41,7 +37,7 @@ def _embed_and_write(
 ) -> Any:
     from ray.data import ActorPoolStrategy
 
-    from pipelines.stages import EmbedStage
+    from pipelines.stages import EmbedStage  # imports torch: only where the graph is built
 
     ds = ds.map_batches(
         EmbedStage,
@@ -54,7 +50,7 @@ def _embed_and_write(
         batch_size=opts.batch_size,
         batch_format="numpy",
         num_cpus=opts.embed_cpus,
-        runtime_env={"env_vars": EMBED_ENV},
+        runtime_env={"env_vars": ALLOCATOR_ENV},
     )
     return ds.map_batches(
         write_cls,
@@ -67,11 +63,11 @@ def _embed_and_write(
 
 
 def backfill_dataset(rows: list[Row], settings: Settings, opts: PoolOptions) -> Any:
-    from pipelines.prepare import prepare_batch
+    from pipelines.reading import read_batch
     from pipelines.stages import WriteStage
 
     sj = settings_to_json(settings)
-    ds = _decode_stage(rows, prepare_batch, sj, opts)
+    ds = _decode_stage(rows, read_batch, sj, opts)
     return _embed_and_write(ds, sj, WriteStage, {"settings_json": sj}, opts)
 
 
@@ -104,3 +100,27 @@ def stream_rows(ds: Any, on_rows: Callable[[list[Row]], None]) -> None:
     batches: Iterator[Batch] = ds.iter_batches(batch_size=None, batch_format="numpy")
     for batch in batches:
         on_rows(to_rows(batch))
+
+
+def embed_contents(
+    contents: Sequence[Content], model_settings: Settings, collection: str, opts: PoolOptions
+) -> dict[str, Any]:
+    """Embed stored contents with model_settings.model into `collection` (re-embed, reconcile)."""
+    if not contents:
+        return {"embedded": 0, "failed": [], "failed_count": 0}
+    rows = [
+        {"sha256": c.sha256, "milvus_id": c.milvus_id, "file_path": c.file_path} for c in contents
+    ]
+    embedded, failed = 0, []
+
+    def on_rows(out: list[dict[str, Any]]) -> None:
+        nonlocal embedded
+        for row in out:
+            if row["status"] == "embedded":
+                embedded += 1
+            else:
+                failed.append({"file_path": row["file_path"], "reason": row["reason"]})
+
+    stream_rows(content_dataset(rows, model_settings, collection, opts), on_rows)
+    with_retries("flush", open_vectors(model_settings, collection).flush)
+    return {"embedded": embedded, "failed": capped(failed), "failed_count": len(failed)}

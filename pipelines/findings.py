@@ -1,6 +1,6 @@
 """Compare the three stores: rows lacking a vector or an object, vectors and objects lacking a row.
 
-The metadata row is the source of truth (DESIGN.md): anything else that no row references is an
+The metadata row is the source of truth: anything else that no row references is an
 orphan, and a row whose side effects are gone is damaged.
 """
 
@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from deployments.stores import MetadataStore, ObjectStore, Stores, VectorIndex
+from image_search.records import milvus_id_for
+from image_search.stores import MetadataStore, ObjectStore, Stores, VectorIndex
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +62,6 @@ def sha_of_key(key: str) -> str | None:
 
 
 def scan(stores: Stores) -> Findings:
-    from deployments.stores import milvus_id_for
-
     md, objs, vecs = stores.metadata, stores.objects, stores.vectors
     contents = [Content(s, int(m), p) for s, m, p in md.iter_content()]
     vector_ids = set(vecs.ids())
@@ -95,38 +92,9 @@ def scan(stores: Stores) -> Findings:
 
 
 def object_ages(objects: ObjectStore, keys: Iterable[str]) -> dict[str, float]:
-    """Seconds since each object was last written; keys whose age is unknown are left out.
-
-    The ObjectStore protocol has no timestamps, so this asks the two implementations directly
-    (file mtime; S3 Last-Modified). An unknown store yields no ages: nothing counts as old.
-    """
-    from deployments.stores.objects import LocalObjectStore
-
-    now = time.time()
-    out: dict[str, float] = {}
-    for key in keys:
-        if isinstance(objects, LocalObjectStore):
-            try:
-                out[key] = now - Path(objects.root, key).stat().st_mtime
-            except FileNotFoundError:
-                continue
-        elif hasattr(objects, "client") and hasattr(objects, "bucket"):
-            stamp = _s3_last_modified(objects, key)
-            if stamp is not None:
-                out[key] = now - stamp
-    return out
-
-
-def _s3_last_modified(objects: ObjectStore, key: str) -> float | None:
-    from minio.error import S3Error
-
-    client, bucket = getattr(objects, "client"), getattr(objects, "bucket")  # noqa: B009
-    prefix = str(getattr(objects, "prefix", ""))
-    try:
-        stat = client.stat_object(bucket, prefix + key)
-    except S3Error:
-        return None
-    return stat.last_modified.timestamp() if stat.last_modified else None
+    """Seconds since each object was last written; keys whose age is unknown are left out."""
+    ages = {key: objects.age_seconds(key) for key in keys}
+    return {key: age for key, age in ages.items() if age is not None}
 
 
 def unreferenced_ids(metadata: MetadataStore, ids: list[int]) -> list[int]:

@@ -21,9 +21,8 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from deployments.config import Settings
-from deployments.embedding import model_dim
-from deployments.stores import Stores, open_stores
+from image_search.config import Settings
+from image_search.stores import Stores, open_stores
 from pipelines.findings import (
     Content,
     Findings,
@@ -46,17 +45,11 @@ from pipelines.stages import with_retries
 
 logger = logging.getLogger("pipelines.reconcile")
 DEFAULT_GRACE_S = 600.0
-LIST_LIMIT = 1000
-
-
-def _stores(settings: Settings) -> Stores:
-    m = settings.model
-    return open_stores(settings, model_dim(m.name), m.model_id)
 
 
 def describe(f: Findings) -> dict[str, Any]:
     def contents(items: list[Content]) -> list[dict[str, Any]]:
-        return [asdict(c) for c in capped(items, LIST_LIMIT)]
+        return [asdict(c) for c in capped(items)]
 
     return {
         "counts": {
@@ -73,9 +66,9 @@ def describe(f: Findings) -> dict[str, Any]:
         "consistent": f.consistent,
         "rows_without_vector": contents(f.rows_without_vector),
         "rows_without_object": contents(f.rows_without_object),
-        "orphan_vectors": capped(f.orphan_vectors, LIST_LIMIT),
-        "orphan_objects": capped(f.orphan_objects, LIST_LIMIT),
-        "foreign_objects": capped(f.foreign_objects, LIST_LIMIT),
+        "orphan_vectors": capped(f.orphan_vectors),
+        "orphan_objects": capped(f.orphan_objects),
+        "foreign_objects": capped(f.foreign_objects),
     }
 
 
@@ -87,7 +80,7 @@ def run(
     address: str | None = None,
 ) -> dict[str, Any]:
     started = time.monotonic()
-    stores = _stores(settings)
+    stores = open_stores(settings)
     stores.metadata.create_schema()
     findings = scan(stores)
     report: dict[str, Any] = {"collection": settings.stores.collection, **describe(findings)}
@@ -113,7 +106,7 @@ def repair(
     out.update(_reembed_missing(settings, f, opts, address))
     with_retries("flush", stores.vectors.flush)
     # Rows whose object is gone cannot be rebuilt from this side; a human decides.
-    out["unrecoverable_rows"] = [asdict(c) for c in capped(f.rows_without_object, LIST_LIMIT)]
+    out["unrecoverable_rows"] = [asdict(c) for c in capped(f.rows_without_object)]
     return out
 
 
@@ -133,7 +126,7 @@ def _delete_orphan_vectors(stores: Stores, f: Findings, grace_s: float) -> dict[
     delete_vectors(stores.vectors, doomed)
     logger.info("deleted %d orphan vectors; kept %d younger than %.0fs",
                 len(doomed), len(young), grace_s)  # fmt: skip
-    return {"vectors_deleted": len(doomed), "vectors_kept_in_grace": capped(young, LIST_LIMIT)}
+    return {"vectors_deleted": len(doomed), "vectors_kept_in_grace": capped(young)}
 
 
 def _delete_orphan_objects(stores: Stores, f: Findings, grace_s: float) -> dict[str, Any]:
@@ -149,13 +142,13 @@ def _delete_orphan_objects(stores: Stores, f: Findings, grace_s: float) -> dict[
             deleted += 1
     logger.info("deleted %d orphan objects; kept %d younger than %.0fs",
                 deleted, len(young), grace_s)  # fmt: skip
-    return {"objects_deleted": deleted, "objects_kept_in_grace": capped(young, LIST_LIMIT)}
+    return {"objects_deleted": deleted, "objects_kept_in_grace": capped(young)}
 
 
 def _reembed_missing(
     settings: Settings, f: Findings, opts: PoolOptions, address: str | None
 ) -> dict[str, Any]:
-    from pipelines.reembed import embed_contents
+    from pipelines.dataflow import embed_contents
 
     no_object = set(f.rows_without_object)
     todo = [c for c in f.rows_without_vector if c not in no_object]

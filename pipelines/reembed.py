@@ -7,7 +7,7 @@
    decoded for the new model, embedded by an actor pool and upserted into NEW. Contents NEW
    already holds are skipped, so a stopped run resumes.
 2. switch (with --switch-app): the running Serve application is redeployed with the new model
-   and collection; see pipelines/switch.py for why search never stops.
+   and collection; pipelines.switch says why search never stops.
 3. catch-up: rows written since step 1 began went through the old application (their vectors
    are in the old collection, or, during the switch, possibly from the old model): their
    contents are embedded again into NEW, overwriting, plus anything NEW still lacks.
@@ -22,59 +22,28 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, get_args
 
-from deployments.config import ModelSettings, Settings
-from deployments.embedding import model_dim
-from deployments.errors import ConfigError
-from deployments.stores import MetadataStore, open_metadata, open_vectors
+from image_search.config import ModelSettings, Settings
+from image_search.embedding import MODELS
+from image_search.errors import ConfigError
+from image_search.stores import MetadataStore, open_metadata, open_vectors
+from pipelines.dataflow import embed_contents
 from pipelines.findings import Content
 from pipelines.options import PoolOptions, add_pool_arguments, pool_options_from_args
 from pipelines.runtime import (
     add_common_arguments,
-    capped,
     ensure_ray,
     job_main,
     settings_from_args,
     write_report,
 )
-from pipelines.stages import with_retries
 
 logger = logging.getLogger("pipelines.reembed")
-LIST_LIMIT = 1000
 PAGE = 500
 # Row timestamps come from the database's writers, clocks of other hosts: look back a little.
 CLOCK_SLACK = timedelta(seconds=30)
-
-
-def embed_contents(
-    contents: Sequence[Content], model_settings: Settings, collection: str, opts: PoolOptions
-) -> dict[str, Any]:
-    """Embed stored contents with model_settings.model into `collection` (a Ray Data job)."""
-    from pipelines.dataflow import content_dataset, stream_rows
-
-    if not contents:
-        return {"embedded": 0, "failed": [], "failed_count": 0}
-    rows = [
-        {"sha256": c.sha256, "milvus_id": c.milvus_id, "file_path": c.file_path} for c in contents
-    ]
-    embedded, failed = 0, []
-
-    def on_rows(out: list[dict[str, Any]]) -> None:
-        nonlocal embedded
-        for row in out:
-            if row["status"] == "embedded":
-                embedded += 1
-            else:
-                failed.append({"file_path": row["file_path"], "reason": row["reason"]})
-
-    stream_rows(content_dataset(rows, model_settings, collection, opts), on_rows)
-    m = model_settings.model
-    target = open_vectors(model_settings, model_dim(m.name), m.model_id, collection=collection)
-    with_retries("flush", target.flush)
-    return {"embedded": embedded, "failed": capped(failed, LIST_LIMIT), "failed_count": len(failed)}
 
 
 def target_settings(
@@ -108,8 +77,7 @@ def contents_since(metadata: MetadataStore, since: datetime) -> list[Content]:
 
 
 def missing_in(new: Settings, metadata: MetadataStore) -> list[Content]:
-    m = new.model
-    target = open_vectors(new, model_dim(m.name), m.model_id, collection=new.stores.collection)
+    target = open_vectors(new)
     target.ping()  # creates NEW bound to the new model id, or refuses one built by another
     have = set(target.ids())
     return [Content(s, int(i), p) for s, i, p in metadata.iter_content() if int(i) not in have]
@@ -164,7 +132,7 @@ def run(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    names = get_args(ModelSettings.model_fields["name"].annotation)
+    names = sorted(MODELS)
     precisions = get_args(ModelSettings.model_fields["precision"].annotation)
     parser.add_argument("--model", required=True, choices=names)
     parser.add_argument("--precision", default="fp32", choices=precisions)

@@ -10,9 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from deployments.config import Settings, load_settings
+from image_search.config import Settings, load_settings
 
 logger = logging.getLogger("pipelines")
+LIST_LIMIT = 1000  # entries per kind in a job's report
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +58,7 @@ def ensure_ray(address: str | None = None) -> None:
 
     if ray.is_initialized():
         return
-    from deployments.cli import init_local_ray
+    from deployments.cluster import init_local_ray
 
     # Inside `ray job submit` RAY_ADDRESS is set: join it. Outside, init_local_ray pins the new
     # local cluster to loopback (Ray would otherwise probe a public address for its node IP).
@@ -82,7 +83,7 @@ def write_report(report: dict[str, Any], path: str | None) -> None:
         logger.info("report written to %s", out.resolve())
 
 
-def capped(items: list[Any], limit: int) -> list[Any]:
+def capped(items: list[Any], limit: int = LIST_LIMIT) -> list[Any]:
     """Reports list at most `limit` entries per kind (the counts stay exact)."""
     return items[:limit]
 

@@ -7,26 +7,22 @@ so each file is read exactly once, by the worker that hashes and decodes it.
 from __future__ import annotations
 
 import csv
-import functools
 import json
 import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from deployments.config import Settings
-from deployments.errors import ImageTooLarge, SearchEngineError
-from deployments.imaging import SUPPORTED_EXTENSIONS
-
-if TYPE_CHECKING:
-    from minio import Minio
+from image_search.config import Settings
+from image_search.errors import ImageTooLarge, SearchEngineError
+from image_search.imaging import SUPPORTED_EXTENSIONS
+from image_search.records import META_UUID_RULE, valid_meta_uuid
+from image_search.stores.s3 import minio_client
 
 logger = logging.getLogger(__name__)
 
-# The service's rule for meta_uuid (deployments/http.py), so both paths accept the same ids.
-META_UUID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,36}$")
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
 _PATH_COLUMNS = ("path", "key", "uri", "file")
 
@@ -69,21 +65,6 @@ def split_s3(uri: str) -> tuple[str, str]:
     if not bucket:
         raise ValueError(f"not an s3://bucket/key URI: {uri!r}")
     return bucket, key
-
-
-@functools.lru_cache(maxsize=4)
-def _minio(endpoint: str, access: str, secret: str, secure: bool, region: str | None) -> Minio:
-    from minio import Minio
-
-    return Minio(endpoint, access_key=access, secret_key=secret, secure=secure, region=region)
-
-
-def minio_client(settings: Settings) -> Minio:
-    """One client per process and endpoint: the same endpoint and keys as the object store."""
-    st = settings.stores
-    # The minio client wants host:port; config may carry a URL (as the object store accepts).
-    endpoint = st.s3_endpoint.removeprefix("http://").removeprefix("https://").rstrip("/")
-    return _minio(endpoint, st.s3_access_key, st.s3_secret_key, st.s3_secure, st.s3_region)
 
 
 def list_source(source: str, settings: Settings) -> Listing:
@@ -167,9 +148,8 @@ def _list_manifest(path: Path) -> Listing:
             continue
         uri = ref if ref.startswith("s3://") else str((base / ref).resolve())
         meta_uuid = str(row.get("meta_uuid") or "").strip()
-        if meta_uuid and not META_UUID_RE.match(meta_uuid):
-            reason = "invalid meta_uuid: 1-36 characters of letters, digits, _ . : -"
-            out.rejected.append({"uri": uri, "reason": reason})
+        if meta_uuid and not valid_meta_uuid(meta_uuid):
+            out.rejected.append({"uri": uri, "reason": f"invalid meta_uuid: {META_UUID_RULE}"})
             continue
         out.items.append(Item(uri=uri, meta_uuid=meta_uuid, tags=_tags(row.get("tags"))))
     return out

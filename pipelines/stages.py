@@ -1,8 +1,8 @@
 """The stateful Ray Data stages: embed (model once per actor) and write (store clients once).
 
 They are callable classes for `map_batches(..., compute=ActorPoolStrategy(...))`; Ray builds
-one instance per actor and calls it per batch. Each is a thin shell over the core: the
-Embedder protocol, and IndexService.ingest_many with the online path's consistency protocol.
+one instance per actor and calls it per batch. Each is a thin shell over the engine: the
+embedding model, and IndexService.ingest_many with the online path's consistency protocol.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from deployments.config import settings_from_json
-from deployments.embedding import load_embedder, model_dim
-from deployments.errors import Conflict, SearchEngineError, StoreUnavailable
-from deployments.indexing import IndexService, IngestItem
-from deployments.stores import ImageRecord, NewImage, object_key_for, open_vectors
+from image_search.config import settings_from_json
+from image_search.embedding import load_embedder
+from image_search.errors import Conflict, SearchEngineError, StoreUnavailable
+from image_search.indexing import IndexService, IngestItem
+from image_search.records import ContentInfo, ImageRecord, NewImage, new_image
+from image_search.stores import open_vectors
 from pipelines.batches import Batch, Row, to_batch, to_rows
 
 logger = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ class EmbedStage:
         return batch
 
 
-def vector_of(raw: bytes) -> np.ndarray | None:
+def vector_from_bytes(raw: bytes) -> np.ndarray | None:
     return np.frombuffer(raw, dtype=np.float32) if raw else None
 
 
@@ -81,7 +82,7 @@ class WriteStage:
 
     def __init__(self, settings_json: str) -> None:
         self.svc = IndexService.from_settings(settings_from_json(settings_json))
-        self.svc.prepare()  # schema + collection; ConfigError on a model/collection mismatch
+        self.svc.ensure_stores()  # ConfigError on a model/collection mismatch
 
     def __call__(self, batch: Batch) -> Batch:
         rows = to_rows(batch)
@@ -91,7 +92,7 @@ class WriteStage:
         return to_batch(rows, WRITTEN_COLUMNS)
 
     def _write(self, rows: list[Row]) -> None:
-        items = [IngestItem(_new_image(r), r["data"], vector_of(r["vector"])) for r in rows]
+        items = [IngestItem(_new_image(r), r["data"], vector_from_bytes(r["vector"])) for r in rows]
         try:
             results = with_retries("ingest", self.svc.ingest_many, items)
         except StoreUnavailable as exc:
@@ -115,27 +116,16 @@ class WriteStage:
 
 
 def _new_image(r: Row) -> NewImage:
-    return NewImage(
-        meta_uuid=r["meta_uuid"],
-        hash_code=r["md5"],
-        sha256=r["sha256"],
-        file_name=r["file_name"],
-        file_path=object_key_for(r["sha256"], r["ext"]),
-        mime=r["mime"],
-        size_bytes=int(r["size"]),
-        width=int(r["width"]),
-        height=int(r["height"]),
-        tags=tuple(json.loads(str(r.get("tags") or "[]"))),
-    )
+    info = ContentInfo(r["sha256"], r["md5"], r["ext"], r["mime"], int(r["size"]))
+    tags = tuple(json.loads(str(r.get("tags") or "[]")))
+    return new_image(info, r["meta_uuid"], r["file_name"], int(r["width"]), int(r["height"]), tags)
 
 
 class UpsertStage:
     """Re-embed and reconcile: write vectors of stored content into one collection."""
 
     def __init__(self, settings_json: str, collection: str) -> None:
-        settings = settings_from_json(settings_json)
-        m = settings.model
-        self.vectors = open_vectors(settings, model_dim(m.name), m.model_id, collection=collection)
+        self.vectors = open_vectors(settings_from_json(settings_json), collection)
         self.vectors.ping()  # creates the collection, bound to this model id
 
     def __call__(self, batch: Batch) -> Batch:

@@ -5,7 +5,7 @@ Indexer refuses a vector from another model than its collection's (503, "model s
 progress"). Serve rolls each deployment on its own, so a new Embedder must never feed an old
 Indexer, nor an old Embedder a new one. Under the same app name and route prefix:
 
-  1. prepare: redeploy the current settings, every deployment with max_surge_percent=100 (a
+  1. refresh: redeploy the current settings, every deployment with max_surge_percent=100 (a
      replacement starts and passes its health check before an old replica stops). Same
      model, so no request notices; the point is replicas whose graceful shutdown outlasts
      step 2, because old Ingress replicas hold the searches that wait during it.
@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from deployments.config import Settings
-from deployments.errors import ConfigError
+from image_search.config import Settings
+from image_search.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +58,11 @@ def settings_overrides(settings: Settings) -> dict[str, Any]:
 
 
 def app_details(app_name: str) -> dict[str, Any] | None:
-    """The Serve controller's view of one application (route prefix, deployments, replicas)."""
-    # The public serve.status() has neither the route prefix nor the deployment options; the
-    # same details back `serve status -v` and the dashboard's REST API.
+    """The Serve controller's view of one application (route prefix, deployments, options)."""
+    # A private API, for want of a public one: serve.status() has neither the route prefix nor
+    # the live deployment options, which the redeploys must keep. The same details back
+    # `serve status -v` and the dashboard's REST API, which a job could reach only with the
+    # dashboard's address and, on a token-auth cluster, its token.
     from ray.serve.context import _get_global_client
 
     client = _get_global_client()
@@ -101,13 +103,17 @@ def _staged(
 
 
 def _old_replicas_left(app_name: str, deployments: tuple[str, ...] | None = None) -> int:
-    app = app_details(app_name) or {}
+    from ray import serve
+
+    app = serve.status().applications.get(app_name)
+    if app is None:
+        return 0
     return sum(
-        1
-        for name, dep in app.get("deployments", {}).items()
+        n
+        for name, dep in app.deployments.items()
         if deployments is None or name in deployments
-        for rep in dep.get("replicas", [])
-        if rep.get("state") != "RUNNING"
+        for state, n in dep.replica_states.items()
+        if state != "RUNNING"  # a str enum
     )
 
 
@@ -122,15 +128,15 @@ def _settle(
 
 
 def _revive_embedded_vectors(settings: Settings) -> None:
-    """Restart the embedded Milvus Lite server if the retired replicas took it down.
+    """Make sure the embedded Milvus Lite server runs once the old replicas are gone.
 
-    ensure_lite_server starts it as a direct child of whichever process first needs it, and Ray
-    kills a worker's direct children when the worker exits: when that was an old Indexer, the
-    server is gone now. The new replicas reconnect on their next call once it is back.
+    The server is detached from the process that started it (lite_server), so retiring the
+    replica that started it does not stop it; this restarts it only if it died anyway, and the
+    new replicas reconnect on their next call.
     """
     if "://" in settings.stores.vectors_uri:
         return
-    from deployments.stores import vectors_endpoint
+    from image_search.stores import vectors_endpoint
 
     vectors_endpoint(settings)
 
@@ -146,7 +152,7 @@ def switch_app(
     """Move `app_name` from `old` to `new` settings (steps in the module docstring)."""
     from ray import serve
 
-    from deployments.graph import build_app, serve_config_options
+    from deployments.app import build_app, serve_config_options
 
     app = app_details(app_name)
     if app is None or app.get("status") in ("NOT_STARTED", "DELETING"):
@@ -170,7 +176,7 @@ def switch_app(
         timings[step] = round(time.monotonic() - started, 2)
         logger.info("switch %s: %s done at %.1fs", app_name, step, timings[step])
 
-    deploy("prepare", old)
+    deploy("refresh", old)
     _settle(app_name, old, drain_timeout_s, None)
     moving = time.monotonic()
     deploy("move", new)

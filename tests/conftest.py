@@ -163,7 +163,6 @@ def serve_http(ray_cluster: dict[str, str]) -> str:
 def embedded_overrides(data: Path) -> dict[str, Any]:
     """Settings overrides that put every embedded store under `data`, on a private Lite port."""
     return {
-        "data_dir": str(data),
         "stores.metadata_uri": f"sqlite:///{data}/meta.db",
         "stores.objects_uri": f"file://{data}/objects",
         "stores.vectors_uri": f"{data}/vectors.db",
@@ -193,7 +192,7 @@ class AppFactory:
     ) -> str:
         from ray import serve
 
-        from deployments.graph import build_app, serve_config_options
+        from deployments.app import build_app, serve_config_options
 
         base_overrides = embedded_overrides(self.tmp.mktemp(f"app-{name}"))
         base_overrides.update(overrides or {})
@@ -213,7 +212,7 @@ class AppFactory:
     def delete(self, name: str) -> None:
         from ray import serve
 
-        from deployments.stores.lite_server import stop_lite_server
+        from image_search.stores.lite_server import stop_lite_server
 
         vectors = self.started.pop(name, None)
         try:

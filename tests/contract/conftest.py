@@ -9,16 +9,16 @@ from typing import Any
 
 import pytest
 
-from deployments.config import Settings, StoreSettings
-from deployments.stores import (
+from image_search.config import Settings, StoreSettings
+from image_search.stores import (
     MetadataStore,
     ObjectStore,
     VectorIndex,
+    milvus_index,
     open_metadata,
     open_objects,
-    open_vectors,
 )
-from deployments.stores.lite_server import ensure_lite_server, stop_lite_server
+from image_search.stores.lite_server import ensure_lite_server, stop_lite_server
 from tests.servers import MariaDB, MilvusServer, MotoS3, free_port
 
 DIM = 8
@@ -94,7 +94,7 @@ def vector_uri(request: pytest.FixtureRequest, kind: str) -> str:
 def open_index(uri: str, collection: str, model_id: str = MODEL_ID, dim: int = DIM) -> VectorIndex:
     # Server URIs go straight to pymilvus, exactly as the service opens them.
     s = settings(vectors_uri=uri, collection=collection, connect_timeout_s=3.0)
-    return open_vectors(s, dim, model_id)
+    return milvus_index(s, dim, model_id, collection)
 
 
 _shared_indexes: dict[str, VectorIndex] = {}

@@ -8,8 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from deployments.errors import Conflict, StoreUnavailable
-from deployments.stores import MetadataStore, NewImage, milvus_id_for, object_key_for, open_metadata
+from image_search.errors import Conflict, StoreUnavailable
+from image_search.records import NewImage, milvus_id_for, object_key_for
+from image_search.stores import MetadataStore, open_metadata
 from tests.contract.conftest import settings, unique
 from tests.servers import MariaDB
 
@@ -67,7 +68,6 @@ def test_shared_content_references_and_delete(metadata_store: MetadataStore) -> 
     b = metadata_store.add(new_image(2, "b", content=7))
     c = metadata_store.add(new_image(3, "c", content=8))
     assert metadata_store.references(a.sha256) == 2
-    assert metadata_store.existing_content([a.sha256, "f" * 64]) == {a.sha256}
     grouped = metadata_store.by_milvus_ids([a.milvus_id, c.milvus_id, 12345])
     assert [r.meta_uuid for r in grouped[a.milvus_id]] == ["a", "b"]
     assert [r.meta_uuid for r in grouped[c.milvus_id]] == ["c"]

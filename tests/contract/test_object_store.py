@@ -7,8 +7,8 @@ import time
 import httpx
 import pytest
 
-from deployments.errors import NotFound, StoreUnavailable
-from deployments.stores import ObjectStore, open_objects
+from image_search.errors import NotFound, StoreUnavailable
+from image_search.stores import ObjectStore, open_objects
 from tests.contract.conftest import s3_settings, unique
 from tests.servers import MotoS3
 

@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from deployments.errors import ConfigError, StoreUnavailable
-from deployments.stores import VectorIndex
+from image_search.errors import ConfigError, StoreUnavailable
+from image_search.stores import VectorIndex
 from tests.contract.conftest import DIM, open_index, unique
 from tests.servers import MilvusServer, eventually
 

@@ -3,136 +3,37 @@ gallery with delete, the errors a person must see, and a phone-width screen."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import io
 import re
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from PIL import Image
 from playwright.sync_api import Page, expect
 
+from tests.conftest import ROOT
+from tests.e2e.page import (
+    accept_next_dialog,
+    assert_thumbnails_only,
+    card,
+    drop_files,
+    edited_copy,
+    jpeg_file,
+    md5,
+    no_horizontal_scroll,
+    paste_file,
+    searches_done,
+    wait_for_search,
+    watch_upload_concurrency,
+)
+
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parents[2]
 
 JOURNEY = ["astronaut", "coffee", "chelsea", "rocket", "motorcycle"]
 NOT_AN_IMAGE = {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"just some words\n"}
 SCORE = re.compile(r"^\d{1,3}\.\d$")  # 0-100, one decimal
 
 
-def jpeg_file(name: str, data: bytes) -> dict[str, Any]:
-    """A file payload for Playwright's set_input_files."""
-    return {"name": f"{name}.jpg", "mimeType": "image/jpeg", "buffer": data}
-
-
-def edited_copy(data: bytes) -> bytes:
-    """What a person might search with: cropped by a tenth on every side, smaller, re-encoded."""
-    img = Image.open(io.BytesIO(data)).convert("RGB")
-    w, h = img.size
-    img = img.crop((w // 10, h // 10, w - w // 10, h - h // 10))
-    img = img.resize((img.width * 4 // 5, img.height * 4 // 5), Image.Resampling.LANCZOS)
-    out = io.BytesIO()
-    img.save(out, format="JPEG", quality=70)
-    return out.getvalue()
-
-
-def md5(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
-
-
-# In the page: File objects from {name, mimeType, b64} and a DataTransfer holding them, the way
-# the browser hands dropped or pasted files to the page.
-_DATA_TRANSFER_JS = """files => {
-    const dt = new DataTransfer();
-    for (const f of files) {
-        const bytes = Uint8Array.from(atob(f.b64), c => c.charCodeAt(0));
-        dt.items.add(new File([bytes], f.name, {type: f.mimeType}));
-    }
-    return dt;
-}"""
-
-
-def _for_js(files: list[dict[str, Any]]) -> list[dict[str, str]]:
-    out = []
-    for f in files:
-        b64 = base64.b64encode(f["buffer"]).decode()
-        out.append({"name": f["name"], "mimeType": f["mimeType"], "b64": b64})
-    return out
-
-
-def drop_files(page: Page, selector: str, files: list[dict[str, Any]]) -> None:
-    """Drag files from the desktop onto an element."""
-    page.eval_on_selector(
-        selector,
-        f"""(el, files) => {{
-            const dataTransfer = ({_DATA_TRANSFER_JS})(files);
-            for (const type of ["dragenter", "dragover", "drop"]) {{
-                const init = {{bubbles: true, cancelable: true, dataTransfer}};
-                el.dispatchEvent(new DragEvent(type, init));
-            }}
-        }}""",
-        _for_js(files),
-    )
-
-
-def paste_file(page: Page, file: dict[str, Any]) -> None:
-    """Paste an image into the page (as after "copy image" in another program)."""
-    page.evaluate(
-        f"""files => {{
-            const clipboardData = ({_DATA_TRANSFER_JS})(files);
-            const init = {{bubbles: true, cancelable: true, clipboardData}};
-            document.body.dispatchEvent(new ClipboardEvent("paste", init));
-        }}""",
-        _for_js([file]),
-    )
-
-
-def card(page: Page, grid: str, meta_uuid: str) -> Any:
-    return page.locator(f'{grid} .card[data-meta-uuid="{meta_uuid}"]')
-
-
-def image_srcs(page: Page, grid: str) -> list[str]:
-    return page.eval_on_selector_all(f"{grid} .card img", "imgs => imgs.map(i => i.src)")
-
-
-def assert_thumbnails_only(page: Page, grid: str) -> None:
-    srcs = image_srcs(page, grid)
-    assert srcs, f"no images in {grid}"
-    assert all(urlsplit(s).path.endswith("/thumbnail") for s in srcs), srcs
-
-
-def watch_upload_concurrency(page: Page) -> None:
-    """Record the most upload rows ever in flight at once, in window.maxInFlight."""
-    page.evaluate("""() => {
-        window.maxInFlight = 0;
-        const list = document.getElementById("upload-list");
-        new MutationObserver(() => {
-            const n = list.querySelectorAll(
-                '[data-state="uploading"], [data-state="processing"]').length;
-            window.maxInFlight = Math.max(window.maxInFlight, n);
-        }).observe(list, {subtree: true, childList: true, attributes: true,
-                          attributeFilter: ["data-state"]});
-    }""")
-
-
-def searches_done(page: Page) -> int:
-    return int(page.get_attribute("#results", "data-searches") or 0)
-
-
-def wait_for_search(page: Page, after: int) -> None:
-    """Wait until the page has finished a search beyond the first `after`."""
-    expect(page.locator("#results")).to_have_attribute("data-searches", str(after + 1))
-
-
-def no_horizontal_scroll(page: Page) -> bool:
-    return bool(page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"))
-
-
-# -- tests --------------------------------------------------------------------------------------
 def test_page_works_under_a_route_prefix(browser: Any, web_url: str) -> None:
     """The app lives under /web here and at / in production: every URL the page uses must be
     relative to it, and nothing may come from elsewhere (no CDN)."""
@@ -168,9 +69,20 @@ def test_page_works_under_a_route_prefix(browser: Any, web_url: str) -> None:
 def test_upload_search_gallery_delete(
     open_page: Any, photos: dict[str, bytes], web_url: str, artifacts: Path
 ) -> None:
+    """One person's session, step by step on one page: each step starts where the last ended."""
     page = open_page()
+    chelsea = md5(photos["chelsea"])
+    stored = _upload_five(page, photos, web_url)
+    _search_by_drop(page, photos, chelsea, artifacts)
+    _open_result(page, photos)
+    _top_k_and_threshold(page, chelsea, stored)
+    _search_similar(page)
+    _gallery_delete(page, web_url, chelsea)
+    _paste_after_delete(page, photos, chelsea)
 
-    # Upload five photos through the file picker; at most three requests at a time.
+
+def _upload_five(page: Page, photos: dict[str, bytes], web_url: str) -> int:
+    """Upload five photos through the file picker, at most three at a time; returns the total."""
     page.click("#tab-upload")
     watch_upload_concurrency(page)
     limit = int(page.text_content("#upload-limit") or "0")
@@ -188,10 +100,12 @@ def test_upload_search_gallery_delete(
         expect(row.locator("progress")).to_have_js_property("value", 1)
     stored = httpx.get(web_url + "/meta/image/count", timeout=30).json()["image_count"]
     expect(page.locator("#image-count")).to_have_text(f"{stored} images")
+    return int(stored)
 
-    # Search by dropping an edited copy of one photo: the original comes first.
+
+def _search_by_drop(page: Page, photos: dict[str, bytes], chelsea: str, artifacts: Path) -> None:
+    """Search by dropping an edited copy of one photo: the original comes first."""
     page.click("#tab-search")
-    chelsea = md5(photos["chelsea"])
     drop_files(page, "#search-drop", [jpeg_file("chelsea-edited", edited_copy(photos["chelsea"]))])
     expect(page.locator("#query-title")).to_have_text("chelsea-edited.jpg")
     results = page.locator("#results .card")
@@ -208,7 +122,10 @@ def test_upload_search_gallery_delete(
     )
     page.screenshot(path=str(artifacts / "search-results.png"))
 
-    # Clicking a result opens the original image.
+
+def _open_result(page: Page, photos: dict[str, bytes]) -> None:
+    """Clicking a result opens the original image."""
+    first = page.locator("#results .card").first
     file_url = first.locator("a.thumb").get_attribute("href")
     assert file_url
     with page.expect_popup() as popup_info:
@@ -220,7 +137,10 @@ def test_upload_search_gallery_delete(
     assert original.status_code == 200 and original.content == photos["chelsea"]
     popup.close()
 
-    # Top-k and threshold re-run the search.
+
+def _top_k_and_threshold(page: Page, chelsea: str, stored: int) -> None:
+    """Top-k and threshold re-run the search."""
+    results = page.locator("#results .card")
     done = searches_done(page)
     page.fill("#top-k", "2")
     page.press("#top-k", "Enter")
@@ -239,7 +159,10 @@ def test_upload_search_gallery_delete(
     page.press("#top-k", "Enter")
     expect(results).to_have_count(min(stored, 20))
 
-    # "Search similar" on another result searches with that stored image: it comes first.
+
+def _search_similar(page: Page) -> None:
+    """The "Search similar" button of another result: that stored image comes first."""
+    results = page.locator("#results .card")
     second = results.nth(1)
     other_uuid = second.get_attribute("data-meta-uuid")
     other_name = second.get_attribute("data-file-name")
@@ -249,7 +172,9 @@ def test_upload_search_gallery_delete(
     expect(results.first).to_have_attribute("data-meta-uuid", other_uuid or "")
     expect(results.first.locator(".distance")).to_have_text("d 0.0000")
 
-    # The gallery: newest first, thumbnails only, the total; delete with confirmation.
+
+def _gallery_delete(page: Page, web_url: str, chelsea: str) -> None:
+    """The gallery: newest first, thumbnails only, the total; delete with confirmation."""
     originals: list[str] = []
     page.on("request", lambda r: originals.append(r.url) if "/files/" in r.url else None)
     page.click("#tab-gallery")
@@ -263,13 +188,7 @@ def test_upload_search_gallery_delete(
     assert shown == [m["meta_uuid"] for m in listed["data"]]  # the API's order: newest first
     assert_thumbnails_only(page, "#gallery")
 
-    dialogs: list[str] = []
-
-    def confirm(dialog: Any) -> None:
-        dialogs.append(dialog.message)
-        dialog.accept()
-
-    page.once("dialog", confirm)
+    dialogs = accept_next_dialog(page)
     card(page, "#gallery", chelsea).locator("button.delete").click()
     expect(card(page, "#gallery", chelsea)).to_have_count(0)
     assert dialogs and "chelsea.jpg" in dialogs[0], dialogs
@@ -286,7 +205,9 @@ def test_upload_search_gallery_delete(
     assert httpx.get(f"{web_url}/meta/image/{keep}", timeout=30).status_code == 200
     expect(card(page, "#gallery", keep or "")).to_have_count(1)
 
-    # Paste the edited copy again: the deleted original is no longer found.
+
+def _paste_after_delete(page: Page, photos: dict[str, bytes], chelsea: str) -> None:
+    """Paste the edited copy again: the deleted original is no longer found."""
     page.click("#tab-search")
     done = searches_done(page)
     paste_file(page, jpeg_file("chelsea-pasted", edited_copy(photos["chelsea"])))

@@ -257,8 +257,8 @@ def test_indexer_refuses_vectors_from_another_model(app_url: str) -> None:
     """During a rolling model switch, an old/new Embedder never writes into the wrong index."""
     from ray import serve
 
-    from deployments.embedding import Embedding
-    from deployments.errors import StoreUnavailable
+    from image_search.embedding import Embedding
+    from image_search.errors import StoreUnavailable
 
     httpx.get(app_url + "/readyz", timeout=60)
     indexer = serve.get_deployment_handle("Indexer", app_name="embedded")

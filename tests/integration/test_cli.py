@@ -97,6 +97,6 @@ def test_serve_run_serve_config_yaml(
         from ray import serve
 
         serve.delete("image_search")
-        from deployments.stores.lite_server import stop_lite_server
+        from image_search.stores.lite_server import stop_lite_server
 
         stop_lite_server(env_vars["ISE__STORES__VECTORS_URI"])

@@ -17,9 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deployments.config import Settings, load_settings
-from deployments.embedding import model_dim
-from deployments.stores import Stores, open_stores
+from image_search.config import Settings, load_settings
+from image_search.stores import Stores, open_stores
 from pipelines.options import PoolOptions
 from tests.conftest import ROOT, VENV_BIN, AppFactory, embedded_overrides
 
@@ -106,14 +105,14 @@ def settings_for(overrides: dict[str, Any]) -> Settings:
 
 
 def stores_for(settings: Settings) -> Stores:
-    return open_stores(settings, model_dim(settings.model.name), settings.model.model_id)
+    return open_stores(settings)
 
 
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Iterator[Path]:
     """A private data directory; its Milvus Lite server (started by whoever wrote) stops after."""
     yield tmp_path
-    from deployments.stores.lite_server import stop_lite_server
+    from image_search.stores.lite_server import stop_lite_server
 
     stop_lite_server(tmp_path / "vectors.db")
 
@@ -180,14 +179,13 @@ ZERO_CPU = {d: {"ray_actor_options": {"num_cpus": 0}} for d in ("Ingress", "Deco
 @pytest.fixture(scope="module")
 def live_app(make_app: AppFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApp]:
     """The real Serve graph (make_app) on stores of our choosing, for a backfill to write under."""
-    from deployments.stores.lite_server import ensure_lite_server
+    from image_search.stores.lite_server import ensure_lite_server
 
     name = "pipelines_live"
     data = tmp_path_factory.mktemp("live")
     overrides = store_overrides(data)
-    # The embedded vector server is started here, not by the first Indexer replica: Ray kills
-    # a worker's child processes when the worker exits, so a server started by a replica dies
-    # with it, and the re-embed switch retires that replica (see pipelines/switch.py).
+    # The embedded vector server is started here, before any replica needs it, so the test owns
+    # it from the start; make_app.delete stops it when the app is gone.
     ensure_lite_server(data / "vectors.db", int(overrides["stores.lite_port"]))
     url = make_app(name, overrides=overrides, extra_options=ZERO_CPU)
     try:

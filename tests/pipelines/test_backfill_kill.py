@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from deployments.stores import open_metadata
+from image_search.stores import open_metadata
 from pipelines.findings import scan
 from tests.pipelines.conftest import (
     SMALL_POOLS,

@@ -6,6 +6,7 @@ rerun indexes nothing twice, and the re-embed switches the app while searches ke
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -13,6 +14,8 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -20,9 +23,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deployments.embedding import model_dim
-from deployments.indexing import IndexService
-from deployments.stores import open_vectors
+from image_search.config import Settings
+from image_search.indexing import IndexService
+from image_search.stores import open_vectors
 from pipelines import backfill, reembed
 from tests.pipelines.conftest import (
     JOB_MAX_PIXELS,
@@ -136,48 +139,79 @@ def _new_image(seed: int) -> bytes:
     return buf.getvalue()
 
 
+@dataclass
+class _SearchLoop:
+    """Searches with known photos in a thread until stopped, uploading a few new images too."""
+
+    url: str
+    probes: list[bytes]
+    failures: list[str] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    uploaded: list[bytes] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        with httpx.Client(timeout=120) as client:
+            i = 0
+            while not self.stop.is_set():
+                data = self.probes[i % len(self.probes)]
+                i += 1
+                started = time.monotonic()
+                try:
+                    top = search_top(client, self.url, data)
+                    if top != md5(data):
+                        self.failures.append(f"wrong top hit {top}")
+                except (httpx.HTTPError, AssertionError) as exc:
+                    self.failures.append(repr(exc)[:300])
+                self.latencies.append(time.monotonic() - started)
+                if i % 8 == 0 and len(self.uploaded) < 4:  # new rows while the re-embed runs
+                    self._upload(client)
+
+    def _upload(self, client: httpx.Client) -> None:
+        img = _new_image(len(self.uploaded))
+        r = client.post(self.url + "/meta/image/file", files={"file": ("n.jpg", img)})
+        if r.status_code == 200:
+            self.uploaded.append(img)
+
+
+@contextlib.contextmanager
+def _searching(url: str, probes: list[bytes]) -> Iterator[_SearchLoop]:
+    """A search loop runs in a thread for the duration of the block."""
+    loop = _SearchLoop(url, probes)
+    thread = threading.Thread(target=loop.run, daemon=True)
+    thread.start()
+    try:
+        yield loop
+    finally:
+        loop.stop.set()
+        thread.join(timeout=120)
+
+
+def _assert_reembedded(settings: Settings, uploaded: list[bytes]) -> None:
+    """The bf16 collection holds every image, re-embedded rather than copied."""
+    st = stores_for(settings)
+    bf16 = settings.model_copy(
+        update={"model": settings.model.model_copy(update={"precision": "bf16"})}
+    )
+    new = open_vectors(bf16, "vectors_bf16")
+    contents = list(st.metadata.iter_content())
+    assert new.count() == len(contents) == 50 + len(uploaded)
+    # Re-embedded, not copied: bf16 vectors are close to the fp32 ones but not equal.
+    _, mid, _ = contents[0]
+    old_v, new_v = st.vectors.get([mid])[mid], new.get([mid])[mid]
+    assert 0.98 < float(old_v @ new_v) < 1.0 - 1e-7
+
+
 def test_reembed_switches_the_service_without_downtime(
     ray_cluster: dict[str, str], live_app: LiveApp, photo_dir: PhotoDir
 ) -> None:
     from ray import serve
 
     settings = settings_for(live_app.overrides)
-    probes = list(photo_dir.good.values())[:3]
-    failures: list[str] = []
-    latencies: list[float] = []
-    uploaded: list[bytes] = []
-    stop = threading.Event()
-
-    def search_loop() -> None:
-        with httpx.Client(timeout=120) as client:
-            i = 0
-            while not stop.is_set():
-                data = probes[i % len(probes)]
-                i += 1
-                started = time.monotonic()
-                try:
-                    top = search_top(client, live_app.url, data)
-                    if top != md5(data):
-                        failures.append(f"wrong top hit {top}")
-                except (httpx.HTTPError, AssertionError) as exc:
-                    failures.append(repr(exc)[:300])
-                latencies.append(time.monotonic() - started)
-                if i % 8 == 0 and len(uploaded) < 4:  # new rows while the re-embed runs
-                    img = _new_image(len(uploaded))
-                    r = client.post(
-                        live_app.url + "/meta/image/file", files={"file": ("n.jpg", img)}
-                    )
-                    if r.status_code == 200:
-                        uploaded.append(img)
-
-    loop = threading.Thread(target=search_loop, daemon=True)
-    loop.start()
-    try:
+    with _searching(live_app.url, list(photo_dir.good.values())[:3]) as loop:
         report = reembed.run(settings, "efficientnet-lite0", "bf16", collection="vectors_bf16",
                              switch_app=live_app.name, opts=SMALL)  # fmt: skip
-    finally:
-        stop.set()
-        loop.join(timeout=120)
+    failures, latencies, uploaded = loop.failures, loop.latencies, loop.uploaded
 
     switch = report["switch"]
     logger.info("switch %s; %d searches, slowest %.2fs", switch, len(latencies), max(latencies))
@@ -191,15 +225,7 @@ def test_reembed_switches_the_service_without_downtime(
 
     embedder = serve.get_deployment_handle("Embedder", app_name=live_app.name)
     assert embedder.info.remote().result()["model_id"] == "efficientnet-lite0:bf16"
-    st = stores_for(settings)
-    new = open_vectors(settings, model_dim("efficientnet-lite0"), "efficientnet-lite0:bf16",
-                       collection="vectors_bf16")  # fmt: skip
-    contents = list(st.metadata.iter_content())
-    assert new.count() == len(contents) == 50 + len(uploaded)
-    # Re-embedded, not copied: bf16 vectors are close to the fp32 ones but not equal.
-    _, mid, _ = contents[0]
-    old_v, new_v = st.vectors.get([mid])[mid], new.get([mid])[mid]
-    assert 0.98 < float(old_v @ new_v) < 1.0 - 1e-7
+    _assert_reembedded(settings, uploaded)
     with httpx.Client(timeout=120) as client:  # rows added during the switch: caught up
         for img in uploaded:
             assert search_top(client, live_app.url, img) == md5(img)

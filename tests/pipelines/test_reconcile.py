@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deployments.stores import milvus_id_for, object_key_for, thumbnail_key_for
+from image_search.records import milvus_id_for, object_key_for, thumbnail_key_for
 from pipelines import backfill, reconcile
 from tests.pipelines.conftest import (
     SMALL,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from deployments.config import load_settings, settings_to_json
+from image_search.config import load_settings, settings_to_json
 from pipelines.batches import to_batch, to_rows
-from pipelines.prepare import prepare_batch
+from pipelines.reading import read_batch
 from pipelines.sources import list_source
 from tests.servers import MotoS3
 
@@ -33,7 +33,7 @@ def test_s3_prefix_is_listed_and_read(
     client.put_object(bucket, "in/sub/big.jpg", io.BytesIO(big * 20), len(big) * 20)
 
     settings = load_settings(environ={}, overrides={
-        "data_dir": str(tmp_path), "stores.metadata_uri": f"sqlite:///{tmp_path}/meta.db",
+        "stores.metadata_uri": f"sqlite:///{tmp_path}/meta.db",
         "stores.objects_uri": f"file://{tmp_path}/objects", "stores.vectors_uri": f"{tmp_path}/v",
         "stores.s3_endpoint": s3_server.endpoint, "stores.s3_access_key": s3_server.access_key,
         "stores.s3_secret_key": s3_server.secret_key, "stores.s3_region": "us-east-1",
@@ -45,7 +45,7 @@ def test_s3_prefix_is_listed_and_read(
     assert listing.ignored == 1
 
     batch = to_batch([it.row() for it in listing.items], ["uri", "meta_uuid", "size"])
-    rows = to_rows(prepare_batch(batch, settings_to_json(settings)))
+    rows = to_rows(read_batch(batch, settings_to_json(settings)))
     assert [r["status"] for r in rows] == ["new", "new", "new", "skipped"]
     assert rows[0]["data"] == photos[names[0]] and rows[0]["file_name"] == f"{names[0]}.jpg"
     assert rows[3]["reason"].startswith("too_large:")

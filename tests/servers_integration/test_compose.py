@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from deployments.config import load_settings
-from deployments.errors import ConfigError
+from image_search.config import load_settings
+from image_search.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = {"app", "mysql", "minio", "etcd", "milvus-minio", "milvus"}

@@ -1,0 +1,58 @@
+"""The Embedder deployment: concurrent requests are stacked into one batched forward pass.
+
+The batch size and wait come from serve_config.yaml (user_config); the defaults below apply
+only to a deployment started without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from deployments import metrics
+from image_search.config import settings_from_json
+from image_search.embedding import Embedding, load_embedder
+from image_search.imaging import DecodedImage
+
+MAX_BATCH_SIZE = 16
+BATCH_WAIT_TIMEOUT_S = 0.01
+
+
+@serve.deployment
+class Embedder:
+    def __init__(self, settings_json: str) -> None:
+        settings = settings_from_json(settings_json)
+        self.model = load_embedder(settings.model)
+        # The first forward pass allocates and picks kernels; pay it before taking traffic.
+        spec = self.model.spec
+        self.model.embed(np.zeros((1, spec.crop, spec.crop, 3), dtype=np.uint8))
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        batched: Any = self.embed  # @serve.batch adds these setters; mypy cannot see them
+        batched.set_max_batch_size(int(user_config.get("max_batch_size", MAX_BATCH_SIZE)))
+        batched.set_batch_wait_timeout_s(
+            float(user_config.get("batch_wait_timeout_s", BATCH_WAIT_TIMEOUT_S))
+        )
+
+    async def _forward(self, images: list[DecodedImage]) -> list[Embedding]:
+        batch = np.stack([im.pixels for im in images])
+        started = time.perf_counter()
+        # In a thread, so the replica keeps collecting the next batch meanwhile.
+        vectors = await asyncio.to_thread(self.model.embed, batch)
+        metrics.observe_batch(len(images), time.perf_counter() - started)
+        return [Embedding(self.model.model_id, v) for v in vectors]
+
+    @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_TIMEOUT_S)
+    async def embed(self, images: list[DecodedImage]) -> list[Embedding]:
+        return await self._forward(images)
+
+    async def embed_many(self, images: list[DecodedImage]) -> list[Embedding]:
+        """An explicit batch (batch upload): one forward pass for the whole request."""
+        return await self._forward(images)
+
+    def info(self) -> dict[str, Any]:
+        return {"model_id": self.model.model_id, "dim": self.model.dim}

@@ -1,0 +1,231 @@
+"""The ingress's flows: each request's path through the graph, over the DeploymentHandles.
+
+A DeploymentResponse is passed straight into the next call (Ray resolves it there), and only the
+last one is awaited, so bytes and pixels do not come back through the ingress between hops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from image_search.config import Settings
+from image_search.errors import BadRequest, Conflict, ModelMismatch, SearchEngineError
+from image_search.imaging import DecodedImage, content_info, sniff
+from image_search.indexing import Hit
+from image_search.planning import PlanItem
+from image_search.records import ImageRecord, Upload
+
+T = TypeVar("T")
+Outcome = ImageRecord | SearchEngineError
+# A rolling model switch updates the Embedder and the Indexer separately; for a few seconds
+# one of them runs the other model. Searches wait that out, this long at most.
+SWITCH_RETRIES = 40
+SWITCH_WAIT_S = 0.5
+
+
+def find_domain_error(exc: BaseException) -> SearchEngineError | None:
+    """Ray wraps replica exceptions (RayTaskError, chained across hops); find our own."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, SearchEngineError):
+            return cur
+        cur = getattr(cur, "cause", None) or cur.__cause__ or cur.__context__
+    return None
+
+
+async def riding_out_model_switch(call: Callable[[], Awaitable[T]]) -> T:
+    attempt = 0
+    while True:
+        try:
+            return await call()
+        except Exception as exc:
+            if attempt >= SWITCH_RETRIES or not isinstance(find_domain_error(exc), ModelMismatch):
+                raise
+        attempt += 1
+        await asyncio.sleep(SWITCH_WAIT_S)
+
+
+class IngressFlows:
+    """Every route's work: checks, then calls down the graph. Shaping is in responses.py."""
+
+    def __init__(self, decoder: Any, embedder: Any, indexer: Any, settings: Settings) -> None:
+        # DeploymentHandles in the service; stand-ins with the same methods in fast tests.
+        self.decoder = decoder
+        self.embedder = embedder
+        self.indexer = indexer
+        self.settings = settings
+        lim = settings.limits
+        # Multipart overhead is small; a whole batch may carry max_batch_files full uploads.
+        self.max_body_bytes = lim.max_upload_bytes * lim.max_batch_files + 1024 * 1024
+
+    # -- checks ---------------------------------------------------------------------------
+    def check_limit(self, offset: int, limit: int) -> None:
+        cap = self.settings.limits.max_search_limit
+        if offset + limit > cap:
+            raise BadRequest(f"offset + limit must be at most {cap}")
+
+    def check_admin(self, given: str) -> None:
+        token = self.settings.server.admin_token
+        if token and not hmac.compare_digest(token, given):
+            raise BadRequest("this admin route needs the X-Admin-Token header")
+
+    async def readiness(self) -> dict[str, str]:
+        checks: dict[str, str] = {}
+        try:
+            checks.update(await self.indexer.readiness.remote())
+        except Exception as exc:  # readiness must answer, whatever the replica's state
+            checks["indexer"] = f"unavailable: {type(exc).__name__}"
+        try:
+            info = await self.embedder.info.remote()
+            checks["model"] = "ok" if info["dim"] > 0 else "not loaded"
+        except Exception as exc:
+            checks["model"] = f"unavailable: {type(exc).__name__}"
+        return checks
+
+    # -- ingest ---------------------------------------------------------------------------
+    async def index_one(
+        self, data: bytes, file_name: str, meta_uuid: str | None, tags: tuple[str, ...] = ()
+    ) -> ImageRecord:
+        info = content_info(data)
+        upload = Upload(info, meta_uuid or info.md5, file_name, tags)
+        plan = (await self.indexer.plan.remote([PlanItem(upload.meta_uuid, info.sha256)]))[0]
+        if plan.status in ("conflict", "duplicate"):
+            raise Conflict(f"meta_uuid {upload.meta_uuid!r} already exists")
+        decoded = self.decoder.decode.remote(data)
+        vector = self.embedder.embed.remote(decoded) if plan.status == "new" else None
+        rec: ImageRecord = await self.indexer.ingest.remote(upload, data, decoded, vector)
+        return rec
+
+    async def index_many(self, files: Sequence[tuple[bytes, str]]) -> list[Outcome]:
+        """Batch upload: one plan, decodes in parallel, one forward pass, one batched write."""
+        results: list[Outcome | None] = [None] * len(files)
+        uploads = self._uploads(files, results)
+        plans = await self.indexer.plan.remote(
+            [PlanItem(u.meta_uuid, u.info.sha256) for u in uploads.values()]
+        ) if uploads else []  # fmt: skip
+        new: set[int] = set()
+        for i, plan in zip(list(uploads), plans, strict=True):
+            if plan.status in ("conflict", "duplicate"):
+                results[i] = Conflict(f"meta_uuid {uploads.pop(i).meta_uuid!r} already exists")
+            elif plan.status == "new":
+                new.add(i)
+        decoded = await self._decode_all({i: files[i][0] for i in uploads}, results)
+        todo = [i for i in uploads if i in decoded]
+        to_embed = [i for i in todo if i in new]
+        vectors = await self.embedder.embed_many.remote(
+            [decoded[i] for i in to_embed]
+        ) if to_embed else []  # fmt: skip
+        vector_of = dict(zip(to_embed, vectors, strict=True))
+        written = await self.indexer.ingest_many.remote(
+            [uploads[i] for i in todo], [files[i][0] for i in todo],
+            [decoded[i] for i in todo], [vector_of.get(i) for i in todo],
+        ) if todo else []  # fmt: skip
+        for i, res in zip(todo, written, strict=True):
+            results[i] = res
+        return [r if r is not None else SearchEngineError("not processed") for r in results]
+
+    @staticmethod
+    def _uploads(
+        files: Sequence[tuple[bytes, str]], results: list[Outcome | None]
+    ) -> dict[int, Upload]:
+        """Sniff and hash each file; the bad ones and repeats get their outcome right here."""
+        out: dict[int, Upload] = {}
+        seen: set[str] = set()
+        for i, (data, name) in enumerate(files):
+            try:
+                info = content_info(data)
+            except SearchEngineError as exc:
+                results[i] = exc
+                continue
+            if info.md5 in seen:
+                results[i] = Conflict(f"meta_uuid {info.md5!r} appears twice in this request")
+                continue
+            seen.add(info.md5)
+            out[i] = Upload(info, info.md5, name)
+        return out
+
+    async def _decode_all(
+        self, datas: dict[int, bytes], results: list[Outcome | None]
+    ) -> dict[int, DecodedImage]:
+        got = await asyncio.gather(
+            *(self.decoder.decode.remote(d) for d in datas.values()), return_exceptions=True
+        )
+        decoded: dict[int, DecodedImage] = {}
+        for i, d in zip(datas, got, strict=True):
+            if isinstance(d, BaseException):
+                results[i] = find_domain_error(d) or SearchEngineError(str(d))
+            else:
+                decoded[i] = d
+        return decoded
+
+    # -- search ---------------------------------------------------------------------------
+    async def search_bytes(
+        self, data: bytes, offset: int, limit: int, threshold: float | None
+    ) -> list[Hit]:
+        self.check_limit(offset, limit)
+        sniff(data)  # a 415/400 right here, without a trip through the graph
+        decoded = self.decoder.decode.remote(data)
+
+        async def once() -> list[Hit]:
+            vector = self.embedder.embed.remote(decoded)
+            hits: list[Hit] = await self.indexer.search.remote(vector, offset, limit, threshold)
+            return hits
+
+        return await riding_out_model_switch(once)
+
+    async def search_stored(
+        self, meta_uuid: str, offset: int, limit: int, threshold: float | None
+    ) -> list[Hit]:
+        """Search with an image that is already stored: no upload, no embedding."""
+        self.check_limit(offset, limit)
+
+        async def once() -> list[Hit]:
+            vector = self.indexer.stored_embedding.remote(meta_uuid)
+            hits: list[Hit] = await self.indexer.search.remote(vector, offset, limit, threshold)
+            return hits
+
+        return await riding_out_model_switch(once)
+
+    # -- reads and deletes ----------------------------------------------------------------
+    async def file_urls(self, records: Sequence[ImageRecord]) -> dict[str, str | None]:
+        """Presigned URLs by file_path, when the store hands them out; empty otherwise."""
+        if self.settings.stores.file_url_mode != "presigned" or not records:
+            return {}
+        urls = await asyncio.gather(
+            *(self.indexer.presigned_url.remote(r.file_path) for r in records)
+        )
+        return {r.file_path: u for r, u in zip(records, urls, strict=True)}
+
+    async def page(self, offset: int, limit: int) -> tuple[list[ImageRecord], int]:
+        result: tuple[list[ImageRecord], int] = await self.indexer.page.remote(offset, limit)
+        return result
+
+    async def counts(self) -> tuple[int, int]:
+        result: tuple[int, int] = await self.indexer.counts.remote()
+        return result
+
+    async def get(self, meta_uuid: str) -> ImageRecord:
+        rec: ImageRecord = await self.indexer.get.remote(meta_uuid)
+        return rec
+
+    async def delete(self, meta_uuid: str) -> ImageRecord:
+        rec: ImageRecord = await self.indexer.delete.remote(meta_uuid)
+        return rec
+
+    async def delete_all(self, admin_token: str) -> int:
+        self.check_admin(admin_token)
+        n: int = await self.indexer.delete_all.remote()
+        return n
+
+    async def thumbnail(self, meta_uuid: str) -> bytes:
+        jpeg: bytes = await self.indexer.thumbnail.remote(meta_uuid)
+        return jpeg
+
+    async def object_bytes(self, key: str) -> bytes:
+        data: bytes = await self.indexer.object_bytes.remote(key)
+        return data

@@ -1,0 +1,122 @@
+"""The Indexer deployment: owns the store clients; every write follows IndexService's protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+from ray import serve
+
+from image_search.config import settings_from_json
+from image_search.embedding import Embedding
+from image_search.errors import SearchEngineError, StoreUnavailable
+from image_search.imaging import DecodedImage
+from image_search.indexing import Hit, IndexService, IngestItem
+from image_search.planning import Plan, PlanItem
+from image_search.records import ImageRecord, Upload
+
+logger = logging.getLogger("ray.serve")
+T = TypeVar("T")
+FLUSH_CHECK_S = 0.5
+
+
+@serve.deployment
+class Indexer:
+    def __init__(self, settings_json: str) -> None:
+        self.svc = IndexService.from_settings(settings_from_json(settings_json))
+        self._ready = False
+        try:
+            self._ensure_ready()
+        except StoreUnavailable as exc:
+            # Start anyway: /readyz reports the store, and calls retry until it is back.
+            logger.warning("stores not ready at start: %s", exc.message)
+        threading.Thread(target=self._flush_loop, daemon=True, name="vector-flush").start()
+
+    def _ensure_ready(self) -> None:
+        if not self._ready:
+            self.svc.ensure_stores()  # raises ConfigError on a model/collection mismatch
+            self._ready = True
+
+    def _flush_loop(self) -> None:
+        while True:  # a daemon thread: ends with the replica
+            time.sleep(FLUSH_CHECK_S)
+            try:
+                self.svc.stores.vectors.flush_if_due()
+            except SearchEngineError as exc:
+                logger.warning("periodic flush failed: %s", exc.message)
+
+    def _vector(self, embedding: Embedding | None) -> np.ndarray | None:
+        # None: the content is known and already has its vector.
+        return None if embedding is None else self.svc.accept(embedding)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        def call() -> T:
+            self._ensure_ready()
+            return fn(*args)
+
+        return await asyncio.to_thread(call)
+
+    async def readiness(self) -> dict[str, str]:
+        return await asyncio.to_thread(self.svc.readiness)
+
+    async def plan(self, items: list[PlanItem]) -> list[Plan]:
+        return await self._run(self.svc.plan, items)
+
+    async def ingest(
+        self, upload: Upload, data: bytes, decoded: DecodedImage, embedding: Embedding | None
+    ) -> ImageRecord:
+        item = IngestItem(
+            upload.new_image(decoded.width, decoded.height), data, self._vector(embedding)
+        )
+        return await self._run(self.svc.ingest, item)
+
+    async def ingest_many(
+        self,
+        uploads: Sequence[Upload],
+        datas: Sequence[bytes],
+        decoded: Sequence[DecodedImage],
+        embeddings: Sequence[Embedding | None],
+    ) -> list[ImageRecord | SearchEngineError]:
+        items = [
+            IngestItem(u.new_image(d.width, d.height), b, self._vector(e))
+            for u, b, d, e in zip(uploads, datas, decoded, embeddings, strict=True)
+        ]
+        return await self._run(self.svc.ingest_many, items)
+
+    async def search(
+        self, embedding: Embedding, offset: int, limit: int, threshold: float | None
+    ) -> list[Hit]:
+        vector = self.svc.accept(embedding)
+        return await self._run(self.svc.search, vector, offset, limit, threshold)
+
+    async def stored_embedding(self, meta_uuid: str) -> Embedding:
+        return await self._run(self.svc.stored_embedding, meta_uuid)
+
+    async def get(self, meta_uuid: str) -> ImageRecord:
+        return await self._run(self.svc.get, meta_uuid)
+
+    async def page(self, offset: int, limit: int) -> tuple[list[ImageRecord], int]:
+        return await self._run(self.svc.page, offset, limit)
+
+    async def counts(self) -> tuple[int, int]:
+        return await self._run(self.svc.counts)
+
+    async def delete(self, meta_uuid: str) -> ImageRecord:
+        return await self._run(self.svc.delete, meta_uuid)
+
+    async def delete_all(self) -> int:
+        return await self._run(self.svc.delete_all)
+
+    async def object_bytes(self, key: str) -> bytes:
+        return await self._run(self.svc.object_bytes, key)
+
+    async def presigned_url(self, key: str) -> str | None:
+        return await self._run(self.svc.stores.objects.presigned_url, key)
+
+    async def thumbnail(self, meta_uuid: str) -> bytes:
+        return await self._run(self.svc.thumbnail, meta_uuid)

@@ -1,0 +1,48 @@
+"""The Ingress deployment: a FastAPI app per replica, built over the handles it is given."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from deployments.decoder import Decoder
+from deployments.embedder import Embedder
+from deployments.flows import IngressFlows
+from deployments.http_errors import install_error_handling
+from deployments.indexer import Indexer
+from deployments.routes import WEB_DIR, router
+from image_search.config import settings_from_json
+
+
+def create_app(flows: IngressFlows) -> FastAPI:
+    """The HTTP app over one flows object: the service's, or one over stand-ins in tests."""
+    app = FastAPI(
+        title="image-search-engine",
+        description="Search by image (以图搜图) on Ray Serve. Envelope: {succeed, message, ...}.",
+        version="0.1.0",
+    )
+    app.state.flows = flows
+    if WEB_DIR.is_dir():
+        app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
+    install_error_handling(app, flows.max_body_bytes)
+    app.include_router(router)
+    return app
+
+
+@serve.deployment
+@serve.ingress()
+class Ingress:
+    def __init__(
+        self,
+        decoder: DeploymentHandle[Decoder],
+        embedder: DeploymentHandle[Embedder],
+        indexer: DeploymentHandle[Indexer],
+        settings_json: str,
+    ) -> None:
+        self.flows = IngressFlows(decoder, embedder, indexer, settings_from_json(settings_json))
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        # Serve calls this once the replica is constructed: the app is built over its handles.
+        return create_app(self.flows)

@@ -1,0 +1,187 @@
+"""The HTTP contract: the original's routes, fields and defaults, plus ours. Work is in flows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse, Response
+
+from deployments import metrics
+from deployments.flows import IngressFlows
+from deployments.responses import batch_outcome, meta_results, mime_for, ok, search_hits
+from image_search.errors import BadRequest, ImageTooLarge, NotFound
+from image_search.records import ImageRecord, check_meta_uuid
+
+WEB_DIR = Path(__file__).parent / "web"
+router = APIRouter()
+
+
+def _flows(request: Request) -> IngressFlows:
+    # Set by create_app for the app of one Ingress replica: routes reach the graph through it.
+    flows: IngressFlows = request.app.state.flows
+    return flows
+
+
+Flows = Annotated[IngressFlows, Depends(_flows)]
+
+
+async def read_upload(file: UploadFile, limit: int) -> bytes:
+    data = await file.read(limit + 1)
+    if len(data) > limit:
+        raise ImageTooLarge(f"{file.filename or 'file'} is over the {limit}-byte limit")
+    return data
+
+
+async def shown(
+    flows: IngressFlows, request: Request, records: list[ImageRecord]
+) -> list[dict[str, Any]]:
+    base = flows.settings.server.public_url or str(request.base_url)
+    return meta_results(records, base, await flows.file_urls(records))
+
+
+@router.get("/", response_model=None)
+async def root(request: Request) -> Any:
+    """The web page for browsers; the original's health probe for everyone else."""
+    if "text/html" in request.headers.get("accept", "") and (WEB_DIR / "index.html").exists():
+        return FileResponse(WEB_DIR / "index.html", media_type="text/html")
+    return ok("Hello World")
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, Any]:
+    return ok("alive")
+
+
+@router.get("/readyz", response_model=None)
+async def readyz(flows: Flows) -> JSONResponse:
+    checks = await flows.readiness()
+    ready = all(v == "ok" for v in checks.values())
+    body = {"succeed": ready, "message": "ready" if ready else "not ready", "checks": checks}
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+@router.post("/meta/image/file")
+async def upload(
+    flows: Flows,
+    request: Request,
+    file: Annotated[UploadFile, File()],
+    meta_uuid: Annotated[str | None, Form(max_length=64)] = None,
+    tags: Annotated[str | None, Form(max_length=2000)] = None,
+) -> dict[str, Any]:
+    """Upload one image; `tags` is an optional comma-separated list of labels."""
+    data = await read_upload(file, flows.settings.limits.max_upload_bytes)
+    labels = tuple(t.strip() for t in (tags or "").split(",") if t.strip())
+    rec = await flows.index_one(data, file.filename or "", check_meta_uuid(meta_uuid), labels)
+    metrics.count_upload("indexed")
+    return ok("indexed", data=(await shown(flows, request, [rec]))[0])
+
+
+@router.post("/meta/image/files")
+async def upload_many(
+    flows: Flows, request: Request, file: Annotated[list[UploadFile], File()]
+) -> dict[str, Any]:
+    """Batch upload: many `file` parts, embedded as one batch; one outcome per file."""
+    if len(file) > flows.settings.limits.max_batch_files:
+        raise BadRequest(
+            f"{len(file)} files; at most {flows.settings.limits.max_batch_files} per request"
+        )
+    files = [
+        (await read_upload(f, flows.settings.limits.max_upload_bytes), f.filename or "")
+        for f in file
+    ]
+    results = await flows.index_many(files)
+    records = [r for r in results if isinstance(r, ImageRecord)]
+    rows = iter(await shown(flows, request, records))
+    items = [batch_outcome(name, res, rows) for (_, name), res in zip(files, results, strict=True)]
+    indexed = sum(1 for i in items if i["succeed"])
+    duplicates = sum(1 for i in items if i["status"] == 409)
+    metrics.count_upload("indexed", indexed)
+    metrics.count_upload("duplicate", duplicates)
+    metrics.count_upload("rejected", len(items) - indexed - duplicates)
+    return ok(f"{indexed} of {len(items)} indexed", data=items)
+
+
+@router.get("/meta/image")
+async def list_images(
+    flows: Flows,
+    request: Request,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+) -> dict[str, Any]:
+    records, total = await flows.page(offset, limit)
+    return ok(data=await shown(flows, request, records), total=total)
+
+
+@router.get("/meta/image/count")
+async def count(flows: Flows) -> dict[str, Any]:
+    images, vectors = await flows.counts()
+    return ok(image_count=images, vector_count=vectors)
+
+
+@router.delete("/meta/image/images")
+async def delete_all(
+    flows: Flows,
+    x_admin_token: Annotated[str, Header()] = "",
+) -> dict[str, Any]:
+    n = await flows.delete_all(x_admin_token)
+    return ok(f"deleted {n} images", deleted=n)
+
+
+@router.get("/meta/image/{meta_uuid}")
+async def get_image(meta_uuid: str, request: Request, flows: Flows) -> dict[str, Any]:
+    rec = await flows.get(meta_uuid)
+    return ok(data=(await shown(flows, request, [rec]))[0])
+
+
+@router.delete("/meta/image/{meta_uuid}")
+async def delete_image(meta_uuid: str, request: Request, flows: Flows) -> dict[str, Any]:
+    rec = await flows.delete(meta_uuid)
+    return ok("deleted", data=(await shown(flows, request, [rec]))[0])
+
+
+@router.get("/meta/image/{meta_uuid}/thumbnail")
+async def thumbnail(meta_uuid: str, flows: Flows) -> Response:
+    jpeg = await flows.thumbnail(meta_uuid)
+    return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "max-age=86400"})
+
+
+@router.get("/files/{key:path}")
+async def file_bytes(key: str, flows: Flows) -> Response:
+    """Stored bytes through our own API (local store, or S3 in `api` mode). Keys are hashes."""
+    if not key.startswith("meta/image/") or ".." in key:
+        raise NotFound("no such file")
+    data = await flows.object_bytes(key)
+    headers = {"Cache-Control": "public, max-age=31536000, immutable"}
+    return Response(data, media_type=mime_for(key), headers=headers)
+
+
+@router.post("/sample/file")
+async def search(
+    flows: Flows,
+    request: Request,
+    file: Annotated[UploadFile, File()],
+    offset: Annotated[int, Form(ge=0)] = 0,
+    limit: Annotated[int, Form(ge=1)] = 100,
+    threshold: Annotated[float | None, Form(ge=0.0, le=4.0)] = None,
+) -> dict[str, Any]:
+    data = await read_upload(file, flows.settings.limits.max_upload_bytes)
+    hits = await flows.search_bytes(data, offset, limit, threshold)
+    metrics.count_search("file")
+    return ok(data=search_hits(hits, await shown(flows, request, [h.record for h in hits])))
+
+
+@router.get("/sample/meta/{meta_uuid}")
+async def search_stored(
+    flows: Flows,
+    meta_uuid: str,
+    request: Request,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1)] = 100,
+    threshold: Annotated[float | None, Query(ge=0.0, le=4.0)] = None,
+) -> dict[str, Any]:
+    """Search with an image that is already stored: no upload, no embedding."""
+    hits = await flows.search_stored(meta_uuid, offset, limit, threshold)
+    metrics.count_search("stored")
+    return ok(data=search_hits(hits, await shown(flows, request, [h.record for h in hits])))

@@ -1,0 +1,1 @@
+"""The engine, Ray-free: settings, records, imaging, planning, indexing, embedding, stores."""

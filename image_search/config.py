@@ -1,0 +1,193 @@
+"""One validated settings object: config.yaml, overridden by ISE__SECTION__KEY variables."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from image_search.errors import ConfigError
+
+ENV_PREFIX = "ISE__"
+DEFAULT_CONFIG = Path("config.yaml")
+_DEFAULT_SECRETS = {"minioadmin", "changeme", "password", ""}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSettings(_Section):
+    name: Literal["efficientnet-lite0", "resnet50"] = "efficientnet-lite0"
+    weights: str | None = None
+    weights_sha256: str | None = None
+    cache_dir: str = "./data/models"
+    threads: int = Field(1, ge=1, le=64)
+    precision: Literal["fp32", "bf16"] = "fp32"
+
+    @property
+    def model_id(self) -> str:
+        """The identity a vector collection is bound to: model and numeric precision."""
+        return f"{self.name}:{self.precision}"
+
+
+class LimitSettings(_Section):
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    max_pixels: int = Field(40_000_000, ge=64 * 64)
+    max_batch_files: int = Field(64, ge=1, le=1024)
+    max_search_limit: int = Field(1000, ge=1, le=16384)
+
+
+class StoreSettings(_Section):
+    metadata_uri: str = "sqlite:///./data/meta.db"
+    objects_uri: str = "file://./data/objects"
+    vectors_uri: str = "./data/vectors.db"
+    vectors_token: str = ""  # Milvus auth ("user:password" or an API key), from the environment
+    collection: str = Field("image_vectors", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+    s3_endpoint: str = "127.0.0.1:9000"
+    s3_access_key: str = "minioadmin"
+    s3_secret_key: str = "minioadmin"
+    s3_secure: bool = False
+    s3_region: str | None = None
+    file_url_mode: Literal["api", "presigned"] = "api"
+    presign_seconds: int = Field(3600, ge=1, le=7 * 24 * 3600)
+    index_type: Literal["HNSW", "FLAT", "IVF_FLAT", "IVF_SQ8", "AUTOINDEX"] = "HNSW"
+    index_params: dict[str, Any] = Field(default_factory=lambda: {"M": 16, "efConstruction": 200})
+    search_params: dict[str, Any] = Field(default_factory=lambda: {"ef": 128})
+    consistency_level: Literal["Strong", "Session", "Bounded", "Eventually"] = "Strong"
+    lite_port: int = Field(19531, ge=1, le=65535)
+    connect_timeout_s: float = Field(5.0, gt=0)
+
+    @field_validator("consistency_level")
+    @classmethod
+    def _read_after_write(cls, v: str) -> str:
+        # Bounded/Eventually let a search miss an image that was just uploaded (a defect of
+        # the original); refuse them rather than document a surprise.
+        if v not in ("Strong", "Session"):
+            raise ValueError("consistency_level must be Strong or Session (read-after-write)")
+        return v
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    public_url: str | None = None
+    thumbnail_size: int = Field(256, ge=32, le=1024)
+    admin_token: str | None = None  # when set, DELETE /meta/image/images needs X-Admin-Token
+
+
+class Settings(_Section):
+    environment: Literal["development", "production"] = "development"
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    stores: StoreSettings = Field(default_factory=StoreSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+
+    @model_validator(mode="after")
+    def _no_default_secrets_in_production(self) -> Settings:
+        if (
+            self.environment == "production"
+            and self.stores.objects_uri.startswith("s3://")
+            and self.stores.s3_secret_key in _DEFAULT_SECRETS
+        ):
+            raise ValueError(
+                "production refuses the default S3 secret: set ISE__STORES__S3_SECRET_KEY"
+            )
+        if self.environment == "production" and ":changeme@" in self.stores.metadata_uri:
+            raise ValueError("production refuses the default database password")
+        if self.environment == "production" and (self.server.admin_token or "") in _DEFAULT_SECRETS:
+            # Without a token, DELETE /meta/image/images would wipe everything unauthenticated.
+            raise ValueError("production needs ISE__SERVER__ADMIN_TOKEN (not a default value)")
+        return self
+
+    def resolved(self, base: Path | None = None) -> Settings:
+        """Relative local paths become absolute, so Ray workers in other directories agree."""
+        root = (base or Path.cwd()).resolve()
+
+        def fix_path(p: str) -> str:
+            return str((root / p).resolve()) if not Path(p).is_absolute() else p
+
+        out = self.model_copy(deep=True)
+        out.model.cache_dir = fix_path(out.model.cache_dir)
+        if out.model.weights and "://" not in out.model.weights:
+            out.model.weights = fix_path(out.model.weights)
+        st = out.stores
+        if st.metadata_uri.startswith("sqlite:///") and not st.metadata_uri.startswith(
+            "sqlite:////"
+        ):
+            rel = st.metadata_uri.removeprefix("sqlite:///")
+            if rel and rel != ":memory:":
+                st.metadata_uri = "sqlite:///" + fix_path(rel)
+        if st.objects_uri.startswith("file://"):
+            st.objects_uri = "file://" + fix_path(st.objects_uri.removeprefix("file://"))
+        if "://" not in st.vectors_uri:
+            st.vectors_uri = fix_path(st.vectors_uri)
+        return out
+
+
+def _coerce(raw: str) -> Any:
+    """Env values are YAML scalars/flows, so `true`, `3`, `{M: 8}` arrive typed."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def _apply_env(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in key[len(ENV_PREFIX) :].split("__") if p]
+        if not path:
+            continue
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{key}: {part} is not a section")
+            node = child
+        node[path[-1]] = _coerce(raw)
+    return data
+
+
+def load_settings(
+    path: str | Path | None = None,
+    environ: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Settings:
+    """Read YAML (ISE_CONFIG or ./config.yaml; missing file = defaults), apply env, validate."""
+    env = dict(os.environ if environ is None else environ)
+    cfg_path = Path(path or env.get("ISE_CONFIG") or DEFAULT_CONFIG)
+    data: dict[str, Any] = {}
+    if cfg_path.exists():
+        loaded = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{cfg_path}: top level must be a mapping")
+        data = loaded
+    elif path is not None:
+        raise ConfigError(f"config file not found: {cfg_path}")
+    data = _apply_env(data, env)
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid settings in {cfg_path}: {exc}") from exc
+    return settings.resolved(cfg_path.parent if cfg_path.exists() else None)
+
+
+def settings_to_json(settings: Settings) -> str:
+    """Settings travel to Ray replicas and jobs as JSON, already resolved."""
+    return json.dumps(settings.model_dump(mode="json"))
+
+
+def settings_from_json(raw: str) -> Settings:
+    return Settings.model_validate(json.loads(raw))

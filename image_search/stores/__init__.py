@@ -1,0 +1,97 @@
+"""Store factories: the URI in settings picks each implementation; the model picks the collection.
+
+The vector collection is bound to the configured model's id and dimension, both derived here
+from settings, so no caller restates them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from image_search.config import Settings
+from image_search.embedding import model_card
+from image_search.stores.base import MetadataStore, ObjectStore, VectorHit, VectorIndex
+
+__all__ = [
+    "MetadataStore",
+    "ObjectStore",
+    "Stores",
+    "VectorHit",
+    "VectorIndex",
+    "milvus_index",
+    "open_metadata",
+    "open_objects",
+    "open_stores",
+    "open_vectors",
+    "vectors_endpoint",
+]
+
+
+@dataclass
+class Stores:
+    metadata: MetadataStore
+    objects: ObjectStore
+    vectors: VectorIndex
+
+
+def open_metadata(settings: Settings) -> MetadataStore:
+    from image_search.stores.metadata import SqlMetadataStore
+
+    return SqlMetadataStore(settings.stores.metadata_uri, settings.stores.connect_timeout_s)
+
+
+def open_objects(settings: Settings) -> ObjectStore:
+    uri = settings.stores.objects_uri
+    if uri.startswith("file://"):
+        from image_search.stores.objects import LocalObjectStore
+
+        return LocalObjectStore(uri.removeprefix("file://"))
+    if uri.startswith("s3://"):
+        from image_search.stores.s3 import S3ObjectStore
+
+        return S3ObjectStore.from_settings(settings)
+    raise ValueError(f"unsupported objects_uri {uri!r}: use file://DIR or s3://BUCKET")
+
+
+def vectors_endpoint(settings: Settings) -> str:
+    """The gRPC URI to use: a server URI as is, or a local Milvus Lite server for a path."""
+    uri = settings.stores.vectors_uri
+    if uri.startswith(("http://", "https://", "tcp://", "grpc://")):
+        return uri
+    from image_search.stores.lite_server import ensure_lite_server
+
+    return ensure_lite_server(uri, settings.stores.lite_port)
+
+
+def milvus_index(settings: Settings, dim: int, model_id: str, collection: str) -> VectorIndex:
+    """A collection for an explicit model id and dimension (tests; open_vectors otherwise)."""
+    from image_search.stores.vectors import MilvusVectorIndex
+
+    st = settings.stores
+    return MilvusVectorIndex(
+        uri=vectors_endpoint(settings),
+        collection=collection,
+        dim=dim,
+        model_id=model_id,
+        index_type=st.index_type,
+        index_params=st.index_params,
+        search_params=st.search_params,
+        consistency_level=st.consistency_level,
+        timeout_s=st.connect_timeout_s,
+        token=st.vectors_token,
+    )
+
+
+def open_vectors(settings: Settings, collection: str | None = None) -> VectorIndex:
+    """The configured model's collection (or another collection for the same model)."""
+    m = settings.model
+    dim = model_card(m.name).dim
+    return milvus_index(settings, dim, m.model_id, collection or settings.stores.collection)
+
+
+def open_stores(settings: Settings, vectors: VectorIndex | None = None) -> Stores:
+    return Stores(
+        metadata=open_metadata(settings),
+        objects=open_objects(settings),
+        vectors=vectors if vectors is not None else open_vectors(settings),
+    )

@@ -1,0 +1,127 @@
+"""Stand-ins for what fast tests isolate: an in-memory vector index and DeploymentHandles.
+
+Everything else in the fast tests is real: SQLite metadata, a local object folder, the real
+decoder, the real IndexService and the Indexer deployment's own methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from image_search.embedding import Embedding
+from image_search.imaging import DecodedImage
+from image_search.stores.base import VectorHit
+
+DIM = 8
+
+
+def unit_vector(seed: int, dim: int = DIM) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=dim).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+class MemoryVectorIndex:
+    """VectorIndex by brute force over a dict; enough to test the protocol above it."""
+
+    name = "vectors"
+
+    def __init__(self, dim: int = DIM, model_id: str = "fake:fp32") -> None:
+        self.dim = dim
+        self.model_id = model_id
+        self.rows: dict[int, np.ndarray] = {}
+        self.flushes = 0
+
+    def upsert(self, ids: Sequence[int], vectors: np.ndarray) -> None:
+        if vectors.shape != (len(ids), self.dim):
+            raise ValueError(f"vectors shape {vectors.shape} != ({len(ids)}, {self.dim})")
+        self.rows.update({int(i): v.astype(np.float32) for i, v in zip(ids, vectors, strict=True)})
+
+    def search(self, vector: np.ndarray, limit: int) -> list[VectorHit]:
+        hits = [VectorHit(i, float(np.sum((v - vector) ** 2))) for i, v in self.rows.items()]
+        return sorted(hits, key=lambda h: h.distance)[:limit]
+
+    def get(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        return {int(i): self.rows[int(i)] for i in ids if int(i) in self.rows}
+
+    def delete(self, ids: Sequence[int]) -> None:
+        for i in ids:
+            self.rows.pop(int(i), None)
+
+    def count(self) -> int:
+        return len(self.rows)
+
+    def ids(self) -> Iterator[int]:
+        yield from list(self.rows)
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+    def flush_if_due(self) -> None:
+        pass
+
+    def ping(self) -> None:
+        pass
+
+    def drop(self) -> None:
+        self.rows.clear()
+
+
+class FakeEmbedder:
+    """The Embedder deployment's methods, with a cheap deterministic 'model'.
+
+    Equal pixels give equal vectors, so an image searched with itself comes first at distance 0.
+    `other_model_calls` makes the first N calls answer as another model (a switch under way).
+    """
+
+    def __init__(self, model_id: str = "fake:fp32", other_model_calls: int = 0) -> None:
+        self.model_id = model_id
+        self.other_model_calls = other_model_calls
+        self.calls = 0
+
+    def _one(self, image: DecodedImage) -> Embedding:
+        self.calls += 1
+        flat = image.pixels.astype(np.float32).reshape(-1)
+        v = np.array([chunk.mean() for chunk in np.array_split(flat, DIM)], dtype=np.float32)
+        v = v - v.mean() + 1e-3 * np.arange(DIM, dtype=np.float32)
+        model = self.model_id if self.calls > self.other_model_calls else "other:fp32"
+        return Embedding(model, v / np.linalg.norm(v))
+
+    def embed(self, image: DecodedImage) -> Embedding:
+        return self._one(image)
+
+    def embed_many(self, images: list[DecodedImage]) -> list[Embedding]:
+        return [self._one(im) for im in images]
+
+    def info(self) -> dict[str, Any]:
+        return {"model_id": self.model_id, "dim": DIM}
+
+
+class FakeHandle:
+    """A DeploymentHandle over a plain object: `handle.method.remote(*args)` runs it as a task.
+
+    Like Serve, an argument that is itself a pending call is resolved before the call runs, so
+    flows can chain calls without awaiting each hop.
+    """
+
+    def __init__(self, target: Any) -> None:
+        self._target = target
+
+    def __getattr__(self, name: str) -> _Method:
+        return _Method(getattr(self._target, name))
+
+
+class _Method:
+    def __init__(self, fn: Any) -> None:
+        self._fn = fn
+
+    def remote(self, *args: Any) -> asyncio.Task[Any]:
+        return asyncio.ensure_future(self._call(*args))
+
+    async def _call(self, *args: Any) -> Any:
+        resolved = [await a if isinstance(a, asyncio.Future) else a for a in args]
+        result = self._fn(*resolved)
+        return await result if asyncio.iscoroutine(result) else result

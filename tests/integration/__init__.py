@@ -1,0 +1,1 @@
+"""On a real Ray cluster: the Serve app over HTTP, the CLI, the README's commands."""

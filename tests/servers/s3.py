@@ -1,0 +1,49 @@
+"""S3 for the tests: moto's server, recorded and replayed so that it survives a restart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.servers.process import VENV_BIN, ManagedServer, free_port
+
+S3_BUCKET = "ise-images"
+
+
+class MotoS3(ManagedServer):
+    """moto's S3 server. It keeps state in memory only, so every request is recorded (moto's
+    recorder) and replayed after a restart: a restart then behaves like a server with a disk."""
+
+    name = "s3"
+    access_key = "ise-test-access"
+    secret_key = "ise-test-secret-0123456789"
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        self.port = free_port()
+        self.recording = workdir / "recording.jsonl"
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _command(self) -> tuple[list[str], dict[str, str]]:
+        env = {"MOTO_ENABLE_RECORDING": "True", "MOTO_RECORDER_FILEPATH": str(self.recording)}
+        return [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)], env
+
+    def _ready(self) -> bool:
+        return httpx.get(f"http://{self.endpoint}/moto-api/data.json", timeout=1).status_code == 200
+
+    def _after_start(self) -> None:
+        if self.recording.exists() and self.recording.stat().st_size:
+            r = httpx.post(f"http://{self.endpoint}/moto-api/recorder/replay-recording",
+                           timeout=120)  # fmt: skip
+            r.raise_for_status()
+
+    def client(self) -> Any:
+        from minio import Minio
+
+        return Minio(self.endpoint, self.access_key, self.secret_key, secure=False,
+                     region="us-east-1")  # fmt: skip

@@ -1,0 +1,1 @@
+"""The HTTP layer over stand-in handles: routes, flows, error mapping, envelope shapes."""

@@ -1,0 +1,37 @@
+"""serve_config.yaml and the graph builder agree: import path, deployments, allocator settings."""
+
+from __future__ import annotations
+
+import importlib
+
+import yaml
+
+from deployments.app import build_app, serve_config_options
+from image_search.embedding import ALLOCATOR_ENV
+from tests.conftest import ROOT
+
+
+def test_serve_config_points_at_the_builder_and_names_every_deployment() -> None:
+    doc = yaml.safe_load((ROOT / "serve_config.yaml").read_text(encoding="utf-8"))
+    module, _, attr = doc["applications"][0]["import_path"].partition(":")
+    assert getattr(importlib.import_module(module), attr) is build_app
+    options = serve_config_options(ROOT / "serve_config.yaml")
+    assert set(options) == {"Ingress", "Decoder", "Embedder", "Indexer"}
+
+
+def test_embedder_runs_with_the_engines_allocator_settings() -> None:
+    embedder = serve_config_options(ROOT / "serve_config.yaml")["Embedder"]
+    assert embedder["ray_actor_options"]["runtime_env"]["env_vars"] == ALLOCATOR_ENV
+    # A batch can only fill when a replica may hold at least that many requests.
+    assert embedder["max_ongoing_requests"] >= embedder["user_config"]["max_batch_size"]
+
+
+def test_build_app_binds_the_four_deployments_with_the_given_options() -> None:
+    app = build_app({"config": str(ROOT / "config.yaml"),
+                     "deployment_options": {"Decoder": {"num_replicas": 3}}})  # fmt: skip
+    ingress = app._bound_deployment  # the graph's root, as Serve builds it
+    assert ingress.name == "Ingress"
+    children = [a for a in ingress.init_args if hasattr(a, "_bound_deployment")]
+    names = [c._bound_deployment.name for c in children]
+    assert names == ["Decoder", "Embedder", "Indexer"]
+    assert children[0]._bound_deployment.num_replicas == 3

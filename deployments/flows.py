@@ -94,7 +94,7 @@ class IngressFlows:
         info = content_info(data)
         upload = Upload(info, meta_uuid or info.md5, file_name, tags)
         plan = (await self.indexer.plan.remote([PlanItem(upload.meta_uuid, info.sha256)]))[0]
-        if plan.status in ("conflict", "duplicate"):
+        if not plan.writes:
             raise Conflict(f"meta_uuid {upload.meta_uuid!r} already exists")
         decoded = self.decoder.decode.remote(data)
         vector = self.embedder.embed.remote(decoded) if plan.status == "new" else None
@@ -110,7 +110,7 @@ class IngressFlows:
         ) if uploads else []  # fmt: skip
         new: set[int] = set()
         for i, plan in zip(list(uploads), plans, strict=True):
-            if plan.status in ("conflict", "duplicate"):
+            if not plan.writes:
                 results[i] = Conflict(f"meta_uuid {uploads.pop(i).meta_uuid!r} already exists")
             elif plan.status == "new":
                 new.add(i)

@@ -37,6 +37,11 @@ class Plan:
     # A row with the same content, when there is one (its width and height serve "known").
     same_content: ImageRecord | None = None
 
+    @property
+    def writes(self) -> bool:
+        """Whether the item gets a row: new or known content; the others are refused."""
+        return self.status in ("new", "known")
+
 
 def plan_items(metadata: MetadataStore, items: Sequence[PlanItem]) -> list[Plan]:
     """Classify items in order; a later item sees what the earlier ones in the batch will write."""
@@ -49,7 +54,7 @@ def plan_items(metadata: MetadataStore, items: Sequence[PlanItem]) -> list[Plan]
     for it in items:
         same = [r for r in by_id.get(milvus_id_for(it.sha256), []) if r.sha256 == it.sha256]
         plan = _classify(it, same, it.meta_uuid in taken, planned)
-        if plan.status in ("new", "known"):
+        if plan.writes:
             planned[it.meta_uuid] = it.sha256
         out.append(plan)
     return out

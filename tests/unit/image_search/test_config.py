@@ -82,3 +82,13 @@ def test_relative_weights_path_is_resolved(tmp_path: Path) -> None:
     cfg.write_text("model:\n  name: resnet50\n  weights: w/resnet.pth\n")
     s = load_settings(cfg, environ={})
     assert s.model.weights == str(tmp_path / "w" / "resnet.pth")
+
+
+def test_model_names_in_settings_are_the_registrys() -> None:
+    # Settings keep a Literal for typo-proof configs; the registry is where models are defined.
+    from typing import get_args
+
+    from image_search.config import ModelSettings
+    from image_search.embedding import MODELS
+
+    assert set(get_args(ModelSettings.model_fields["name"].annotation)) == set(MODELS)

@@ -72,7 +72,6 @@ def _run_backfill(
     port = _free_port()
     env = {
         **os.environ,
-        "ISE__DATA_DIR": str(data),
         "ISE__STORES__METADATA_URI": f"sqlite:///{data}/meta.db",
         "ISE__STORES__OBJECTS_URI": f"file://{data}/objects",
         "ISE__STORES__VECTORS_URI": f"{data}/vectors.db",

@@ -1,0 +1,1 @@
+"""The benchmarks: what can be checked without running them."""

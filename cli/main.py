@@ -11,8 +11,9 @@ import httpx
 
 from cli.client import DEFAULT_URL, cmd_index, cmd_search
 from cli.jobs import add_pipeline_commands
+from cli.keys import add_key_commands
 from cli.serve import cmd_serve
-from deployments.cluster import pin_ray_to_loopback
+from deployments.cluster import DASHBOARD_PORT, pin_ray_to_loopback
 
 logger = logging.getLogger("image_search")
 
@@ -25,12 +26,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the Serve app (serve_config.yaml) on a local Ray")
     p.add_argument("--config", default=None, help="config.yaml (default: ISE_CONFIG or ./)")
     p.add_argument("--serve-config", default="serve_config.yaml")
-    p.add_argument("--address", default=None, help="join a running Ray cluster instead")
+    p.add_argument(
+        "--address", default=None, help="join this Ray cluster (default: start a new local one)"
+    )
     p.add_argument(
         "--metrics-port",
         type=int,
         default=int(os.environ.get("ISE_METRICS_PORT", "8080")),
         help="Prometheus endpoint of the local Ray node (ISE_METRICS_PORT)",
+    )
+    p.add_argument(
+        "--dashboard-port",
+        type=int,
+        default=int(os.environ.get("ISE_DASHBOARD_PORT", str(DASHBOARD_PORT))),
+        help="Ray dashboard of the local Ray node (ISE_DASHBOARD_PORT)",
     )
     p.set_defaults(func=cmd_serve)
 
@@ -48,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_search)
 
     add_pipeline_commands(sub)
+    add_key_commands(sub)
     return parser
 
 

@@ -15,6 +15,9 @@ class Decoder:
         settings = settings_from_json(settings_json)
         self.spec = model_card(settings.model.name).spec
         self.max_pixels = settings.limits.max_pixels
+        self.thumbnail_size = settings.server.thumbnail_size
 
-    def decode(self, data: bytes) -> DecodedImage:
-        return decode(data, self.spec, self.max_pixels)
+    def decode(self, data: bytes, for_index: bool = False) -> DecodedImage:
+        """Pixels for the model; for an image being indexed, its stored thumbnail too."""
+        size = self.thumbnail_size if for_index else 0
+        return decode(data, self.spec, self.max_pixels, thumbnail_size=size)

@@ -7,8 +7,7 @@ last one is awaited, so bytes and pixels do not come back through the ingress be
 from __future__ import annotations
 
 import asyncio
-import hmac
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from image_search.config import Settings
@@ -26,16 +25,19 @@ SWITCH_RETRIES = 40
 SWITCH_WAIT_S = 0.5
 
 
-def find_domain_error(exc: BaseException) -> SearchEngineError | None:
-    """Ray wraps replica exceptions (RayTaskError, chained across hops); find our own."""
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and what it wraps: Ray chains replica exceptions (RayTaskError) across hops."""
     seen: set[int] = set()
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
-        if isinstance(cur, SearchEngineError):
-            return cur
+        yield cur
         cur = getattr(cur, "cause", None) or cur.__cause__ or cur.__context__
-    return None
+
+
+def find_domain_error(exc: BaseException) -> SearchEngineError | None:
+    """Our own error inside whatever Ray wrapped around it."""
+    return next((c for c in causes(exc) if isinstance(c, SearchEngineError)), None)
 
 
 async def riding_out_model_switch(call: Callable[[], Awaitable[T]]) -> T:
@@ -59,20 +61,12 @@ class IngressFlows:
         self.embedder = embedder
         self.indexer = indexer
         self.settings = settings
-        lim = settings.limits
-        # Multipart overhead is small; a whole batch may carry max_batch_files full uploads.
-        self.max_body_bytes = lim.max_upload_bytes * lim.max_batch_files + 1024 * 1024
 
     # -- checks ---------------------------------------------------------------------------
     def check_limit(self, offset: int, limit: int) -> None:
         cap = self.settings.limits.max_search_limit
         if offset + limit > cap:
             raise BadRequest(f"offset + limit must be at most {cap}")
-
-    def check_admin(self, given: str) -> None:
-        token = self.settings.server.admin_token
-        if token and not hmac.compare_digest(token, given):
-            raise BadRequest("this admin route needs the X-Admin-Token header")
 
     async def readiness(self) -> dict[str, str]:
         checks: dict[str, str] = {}
@@ -96,7 +90,7 @@ class IngressFlows:
         plan = (await self.indexer.plan.remote([PlanItem(upload.meta_uuid, info.sha256)]))[0]
         if not plan.writes:
             raise Conflict(f"meta_uuid {upload.meta_uuid!r} already exists")
-        decoded = self.decoder.decode.remote(data)
+        decoded = self.decoder.decode.remote(data, True)
         vector = self.embedder.embed.remote(decoded) if plan.status == "new" else None
         rec: ImageRecord = await self.indexer.ingest.remote(upload, data, decoded, vector)
         return rec
@@ -153,7 +147,8 @@ class IngressFlows:
         self, datas: dict[int, bytes], results: list[Outcome | None]
     ) -> dict[int, DecodedImage]:
         got = await asyncio.gather(
-            *(self.decoder.decode.remote(d) for d in datas.values()), return_exceptions=True
+            *(self.decoder.decode.remote(d, True) for d in datas.values()),
+            return_exceptions=True,
         )
         decoded: dict[int, DecodedImage] = {}
         for i, d in zip(datas, got, strict=True):
@@ -217,8 +212,8 @@ class IngressFlows:
         rec: ImageRecord = await self.indexer.delete.remote(meta_uuid)
         return rec
 
-    async def delete_all(self, admin_token: str) -> int:
-        self.check_admin(admin_token)
+    async def delete_all(self) -> int:
+        # Admin only: deployments/security.py refuses the request before it gets here.
         n: int = await self.indexer.delete_all.remote()
         return n
 

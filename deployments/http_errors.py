@@ -8,24 +8,54 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from ray.exceptions import NodeDiedError, ObjectLostError, RayActorError, WorkerCrashedError
+from ray.serve.exceptions import (
+    BackPressureError,
+    DeploymentUnavailableError,
+    ReplicaUnavailableError,
+)
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from deployments.flows import find_domain_error
-from deployments.responses import error_body, fail
-from image_search.errors import SearchEngineError
+from deployments.envelope import error_body, fail
+from deployments.flows import causes, find_domain_error
+from image_search.errors import Overloaded, SearchEngineError
 
 logger = logging.getLogger("ray.serve")
+
+
+# A replica that died, is restarting or refuses more work (max_queued_requests) is a passing
+# state of the graph, not a bug: the client gets a 503 it can retry, never a bare 500.
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    RayActorError,
+    WorkerCrashedError,
+    NodeDiedError,
+    ObjectLostError,
+    BackPressureError,
+    DeploymentUnavailableError,
+    ReplicaUnavailableError,
+)
+
+
+def transient_failure(exc: BaseException) -> BaseException | None:
+    """The Ray failure behind `exc` that a retry can get past, if there is one."""
+    return next((c for c in causes(exc) if isinstance(c, _TRANSIENT)), None)
 
 
 def error_response(exc: BaseException) -> JSONResponse:
     err = find_domain_error(exc)
     if err is not None:
         return error_body(err)
+    failure = transient_failure(exc)
+    if failure is not None:
+        logger.warning("transient failure answered 503: %s", type(failure).__name__)
+        return error_body(
+            Overloaded(f"the service is recovering ({type(failure).__name__}); retry shortly")
+        )
     logger.error("unhandled error", exc_info=exc)
     return fail(500, f"internal error: {type(exc).__name__}")
 
 
-def install_error_handling(app: FastAPI, max_body_bytes: int) -> None:
+def install_error_handling(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return fail(exc.status_code, str(exc.detail))
@@ -50,11 +80,3 @@ def install_error_handling(app: FastAPI, max_body_bytes: int) -> None:
             return await call_next(request)
         except Exception as exc:
             return error_response(exc)
-
-    @app.middleware("http")
-    async def _reject_oversized(request: Request, call_next: Any) -> Any:
-        """Refuse bodies over the limit from Content-Length, before they are spooled to disk."""
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > max_body_bytes:
-            return fail(413, f"request body is {length} bytes; the limit is {max_body_bytes}")
-        return await call_next(request)

@@ -50,6 +50,15 @@ class Indexer:
             except SearchEngineError as exc:
                 logger.warning("periodic flush failed: %s", exc.message)
 
+    def _item(self, upload: Upload, data: bytes, decoded: DecodedImage,
+              embedding: Embedding | None) -> IngestItem:  # fmt: skip
+        # A thumbnail of another size (a Decoder on other settings) is not the one we serve.
+        same_size = decoded.thumbnail_size == self.svc.thumbnail_size
+        return IngestItem(
+            upload.new_image(decoded.width, decoded.height), data, self._vector(embedding),
+            decoded.thumbnail if same_size else b"",
+        )  # fmt: skip
+
     def _vector(self, embedding: Embedding | None) -> np.ndarray | None:
         # None: the content is known and already has its vector.
         return None if embedding is None else self.svc.accept(embedding)
@@ -70,10 +79,7 @@ class Indexer:
     async def ingest(
         self, upload: Upload, data: bytes, decoded: DecodedImage, embedding: Embedding | None
     ) -> ImageRecord:
-        item = IngestItem(
-            upload.new_image(decoded.width, decoded.height), data, self._vector(embedding)
-        )
-        return await self._run(self.svc.ingest, item)
+        return await self._run(self.svc.ingest, self._item(upload, data, decoded, embedding))
 
     async def ingest_many(
         self,
@@ -83,7 +89,7 @@ class Indexer:
         embeddings: Sequence[Embedding | None],
     ) -> list[ImageRecord | SearchEngineError]:
         items = [
-            IngestItem(u.new_image(d.width, d.height), b, self._vector(e))
+            self._item(u, b, d, e)
             for u, b, d, e in zip(uploads, datas, decoded, embeddings, strict=True)
         ]
         return await self._run(self.svc.ingest_many, items)

@@ -7,12 +7,14 @@ from fastapi.staticfiles import StaticFiles
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deployments.admission import AdmissionMiddleware
 from deployments.decoder import Decoder
 from deployments.embedder import Embedder
 from deployments.flows import IngressFlows
 from deployments.http_errors import install_error_handling
 from deployments.indexer import Indexer
 from deployments.routes import WEB_DIR, router
+from deployments.security import install_security
 from image_search.config import settings_from_json
 
 
@@ -26,8 +28,12 @@ def create_app(flows: IngressFlows) -> FastAPI:
     app.state.flows = flows
     if WEB_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
-    install_error_handling(app, flows.max_body_bytes)
+    install_error_handling(app)
     app.include_router(router)
+    # Added last, so it runs first: budgets and the gate apply before any body is read.
+    app.add_middleware(AdmissionMiddleware, limits=flows.settings.limits)
+    # Added after admission, so it runs before it: unwelcome requests take no slot.
+    install_security(app, flows.settings)
     return app
 
 

@@ -51,3 +51,16 @@ def count_search(kind: str) -> None:
 def observe_batch(size: int, seconds: float) -> None:
     _batch_size().observe(size)
     _batch_seconds().observe(seconds)
+
+
+@cache
+def _refused() -> Counter:
+    return Counter(
+        "ise_requests_refused_total",
+        description="Requests refused before any work: overload (503), body too big or slow.",
+        tag_keys=("reason",),
+    )
+
+
+def count_refused(reason: str) -> None:
+    _refused().inc(1, tags={"reason": reason})

@@ -5,32 +5,23 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from fastapi.responses import JSONResponse
-
-from image_search.errors import SearchEngineError, StoreUnavailable
+from image_search.errors import SearchEngineError
+from image_search.imaging import MIME_BY_EXT
 from image_search.indexing import Hit
 from image_search.records import ImageRecord
 
-_MIME = {"jpg": "image/jpeg", "png": "image/png", "gif": "image/gif", "webp": "image/webp",
-         "bmp": "image/bmp", "tiff": "image/tiff"}  # fmt: skip
-
-
-def ok(message: str = "ok", **fields: Any) -> dict[str, Any]:
-    return {"succeed": True, "message": message, **fields}
-
-
-def fail(status: int, message: str, **fields: Any) -> JSONResponse:
-    return JSONResponse({"succeed": False, "message": message, **fields}, status_code=status)
-
-
-def error_body(err: SearchEngineError) -> JSONResponse:
-    if isinstance(err, StoreUnavailable) and err.store:
-        return fail(err.status, err.message, store=err.store)
-    return fail(err.status, err.message)
+# Routes that answer stored bytes: one documented content type per format we store.
+IMAGE_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {mime: {} for mime in sorted(set(MIME_BY_EXT.values()))},
+        "description": "The image's bytes",
+    }
+}
 
 
 def mime_for(key: str) -> str:
-    return _MIME.get(key.rsplit(".", 1)[-1], "application/octet-stream")
+    # One source for ext -> mime: the sniffer's table, HEIC and AVIF included.
+    return MIME_BY_EXT.get(key.rsplit(".", 1)[-1], "application/octet-stream")
 
 
 def meta_results(

@@ -5,17 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from deployments import metrics
+from deployments.envelope import ERROR_RESPONSES, ok
 from deployments.flows import IngressFlows
-from deployments.responses import batch_outcome, meta_results, mime_for, ok, search_hits
+from deployments.responses import IMAGE_RESPONSE, batch_outcome, meta_results, mime_for, search_hits
 from image_search.errors import BadRequest, ImageTooLarge, NotFound
-from image_search.records import ImageRecord, check_meta_uuid
+from image_search.records import ImageRecord, check_meta_uuid, parse_tags, valid_object_key
 
 WEB_DIR = Path(__file__).parent / "web"
-router = APIRouter()
+router = APIRouter(responses=ERROR_RESPONSES)
+# Any page offset past this is past any library; larger ones overflow SQL's 64-bit OFFSET.
+MAX_OFFSET = 2**31 - 1
 
 
 def _flows(request: Request) -> IngressFlows:
@@ -32,6 +35,12 @@ async def read_upload(file: UploadFile, limit: int) -> bytes:
     if len(data) > limit:
         raise ImageTooLarge(f"{file.filename or 'file'} is over the {limit}-byte limit")
     return data
+
+
+def cache_headers(flows: IngressFlows, policy: str) -> dict[str, str]:
+    # Behind keys, a shared cache must not hand an image to someone without one.
+    who = "private" if flows.settings.keys_required else "public"
+    return {"Cache-Control": f"{who}, {policy}"}
 
 
 async def shown(
@@ -71,8 +80,8 @@ async def upload(
     tags: Annotated[str | None, Form(max_length=2000)] = None,
 ) -> dict[str, Any]:
     """Upload one image; `tags` is an optional comma-separated list of labels."""
+    labels = parse_tags(tags)  # checked before the file is read
     data = await read_upload(file, flows.settings.limits.max_upload_bytes)
-    labels = tuple(t.strip() for t in (tags or "").split(",") if t.strip())
     rec = await flows.index_one(data, file.filename or "", check_meta_uuid(meta_uuid), labels)
     metrics.count_upload("indexed")
     return ok("indexed", data=(await shown(flows, request, [rec]))[0])
@@ -83,18 +92,23 @@ async def upload_many(
     flows: Flows, request: Request, file: Annotated[list[UploadFile], File()]
 ) -> dict[str, Any]:
     """Batch upload: many `file` parts, embedded as one batch; one outcome per file."""
-    if len(file) > flows.settings.limits.max_batch_files:
-        raise BadRequest(
-            f"{len(file)} files; at most {flows.settings.limits.max_batch_files} per request"
-        )
-    files = [
-        (await read_upload(f, flows.settings.limits.max_upload_bytes), f.filename or "")
-        for f in file
-    ]
-    results = await flows.index_many(files)
+    limits = flows.settings.limits
+    if len(file) > limits.max_batch_files:
+        raise BadRequest(f"{len(file)} files; at most {limits.max_batch_files} per request")
+    # The parts are spooled to disk by the form parser; they are read and sent on a slice at a
+    # time, so neither this process nor a replica ever holds the whole batch.
+    names: list[str] = []
+    results: list[Any] = []
+    sliced: list[tuple[bytes, str]] = []
+    for i, part in enumerate(file):
+        sliced.append((await read_upload(part, limits.max_upload_bytes), part.filename or ""))
+        names.append(part.filename or "")
+        if i == len(file) - 1 or sum(len(d) for d, _ in sliced) >= limits.batch_slice_bytes:
+            results.extend(await flows.index_many(sliced))
+            sliced = []
     records = [r for r in results if isinstance(r, ImageRecord)]
     rows = iter(await shown(flows, request, records))
-    items = [batch_outcome(name, res, rows) for (_, name), res in zip(files, results, strict=True)]
+    items = [batch_outcome(name, res, rows) for name, res in zip(names, results, strict=True)]
     indexed = sum(1 for i in items if i["succeed"])
     duplicates = sum(1 for i in items if i["status"] == 409)
     metrics.count_upload("indexed", indexed)
@@ -107,7 +121,7 @@ async def upload_many(
 async def list_images(
     flows: Flows,
     request: Request,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 20,
 ) -> dict[str, Any]:
     records, total = await flows.page(offset, limit)
@@ -121,11 +135,9 @@ async def count(flows: Flows) -> dict[str, Any]:
 
 
 @router.delete("/meta/image/images")
-async def delete_all(
-    flows: Flows,
-    x_admin_token: Annotated[str, Header()] = "",
-) -> dict[str, Any]:
-    n = await flows.delete_all(x_admin_token)
+async def delete_all(flows: Flows) -> dict[str, Any]:
+    """Delete every image. Admin scope (or X-Admin-Token): deployments/security.py checks it."""
+    n = await flows.delete_all()
     return ok(f"deleted {n} images", deleted=n)
 
 
@@ -141,19 +153,19 @@ async def delete_image(meta_uuid: str, request: Request, flows: Flows) -> dict[s
     return ok("deleted", data=(await shown(flows, request, [rec]))[0])
 
 
-@router.get("/meta/image/{meta_uuid}/thumbnail")
+@router.get("/meta/image/{meta_uuid}/thumbnail", response_class=Response, responses=IMAGE_RESPONSE)
 async def thumbnail(meta_uuid: str, flows: Flows) -> Response:
     jpeg = await flows.thumbnail(meta_uuid)
-    return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "max-age=86400"})
+    return Response(jpeg, media_type="image/jpeg", headers=cache_headers(flows, "max-age=86400"))
 
 
-@router.get("/files/{key:path}")
+@router.get("/files/{key:path}", response_class=Response, responses=IMAGE_RESPONSE)
 async def file_bytes(key: str, flows: Flows) -> Response:
     """Stored bytes through our own API (local store, or S3 in `api` mode). Keys are hashes."""
-    if not key.startswith("meta/image/") or ".." in key:
+    if not valid_object_key(key):  # our keys are hashes; nothing else is served
         raise NotFound("no such file")
     data = await flows.object_bytes(key)
-    headers = {"Cache-Control": "public, max-age=31536000, immutable"}
+    headers = cache_headers(flows, "max-age=31536000, immutable")  # keys are content hashes
     return Response(data, media_type=mime_for(key), headers=headers)
 
 

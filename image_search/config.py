@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,6 +41,20 @@ class LimitSettings(_Section):
     max_pixels: int = Field(40_000_000, ge=64 * 64)
     max_batch_files: int = Field(64, ge=1, le=1024)
     max_search_limit: int = Field(1000, ge=1, le=16384)
+    # A batch request's whole body; it is read from disk-spooled parts and sent on in slices
+    # of at most batch_slice_bytes, so no process holds a whole batch.
+    max_batch_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+    batch_slice_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    # Admission per Ingress replica: heavy requests (uploads, searches, files) run at most
+    # max_inflight at once and max_waiting wait behind them for at most queue_timeout_s;
+    # beyond that they get 503 + Retry-After at once, and light routes never wait at all.
+    max_inflight: int = Field(16, ge=1, le=4096)
+    max_waiting: int = Field(64, ge=0, le=65536)
+    queue_timeout_s: float = Field(15.0, gt=0)
+    retry_after_s: int = Field(2, ge=1, le=3600)
+    # A client that sends no body bytes for this long is cut off (408): slow uploads must not
+    # hold an admission slot forever.
+    body_idle_timeout_s: float = Field(30.0, gt=0)
 
 
 class StoreSettings(_Section):
@@ -80,15 +95,53 @@ class ServerSettings(_Section):
     admin_token: str | None = None  # when set, DELETE /meta/image/images needs X-Admin-Token
 
 
+_LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost"}
+_ORIGIN = r"^https?://[A-Za-z0-9.\-\[\]:]+$"
+
+
+class SecuritySettings(_Section):
+    # API keys (image-search keys create): None = on, except in development on a loopback
+    # host, where only this machine can reach the port. Production refuses false.
+    require_keys: bool | None = None
+    # Other sites' origins (https://app.example.com) allowed to call the API from a browser:
+    # CORS and the cross-site-request check. Empty: only the service's own pages.
+    cors_origins: list[str] = Field(default_factory=list)
+    # Host header allow-list (example.com, *.example.com); empty = any. Set it when the port is
+    # reachable by name: it also stops DNS-rebinding pages from talking to the service.
+    allowed_hosts: list[str] = Field(default_factory=list)
+    # Verified keys are remembered this long per Ingress replica: a revoked key keeps working
+    # at most this long.
+    key_cache_seconds: float = Field(5.0, ge=0, le=300)
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        # "*" would let every site past the cross-site check; origins have no path.
+        bad = [o for o in v if not re.match(_ORIGIN, o.rstrip("/"))]
+        if bad:
+            raise ValueError(f"cors_origins must be scheme://host[:port] origins, not {bad}")
+        return [o.rstrip("/").lower() for o in v]
+
+
 class Settings(_Section):
     environment: Literal["development", "production"] = "development"
     model: ModelSettings = Field(default_factory=ModelSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     stores: StoreSettings = Field(default_factory=StoreSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
+
+    @property
+    def keys_required(self) -> bool:
+        """Whether routes need an API key: security.require_keys, or its default."""
+        if self.security.require_keys is not None:
+            return self.security.require_keys
+        return self.environment == "production" or self.server.host not in _LOOPBACK_HOSTS
 
     @model_validator(mode="after")
     def _no_default_secrets_in_production(self) -> Settings:
+        if self.environment == "production" and self.security.require_keys is False:
+            raise ValueError("production needs API keys: security.require_keys cannot be false")
         if (
             self.environment == "production"
             and self.stores.objects_uri.startswith("s3://")
@@ -99,9 +152,13 @@ class Settings(_Section):
             )
         if self.environment == "production" and ":changeme@" in self.stores.metadata_uri:
             raise ValueError("production refuses the default database password")
-        if self.environment == "production" and (self.server.admin_token or "") in _DEFAULT_SECRETS:
-            # Without a token, DELETE /meta/image/images would wipe everything unauthenticated.
-            raise ValueError("production needs ISE__SERVER__ADMIN_TOKEN (not a default value)")
+        token = self.server.admin_token
+        if self.environment == "production" and token and token in _DEFAULT_SECRETS:
+            # Optional (production requires keys, and an admin key can delete all), but a
+            # well-known value would let anyone wipe the index.
+            raise ValueError(
+                "production refuses a default ISE__SERVER__ADMIN_TOKEN: unset it or set a secret"
+            )
         return self
 
     def resolved(self, base: Path | None = None) -> Settings:

@@ -47,6 +47,18 @@ class NotFound(SearchEngineError):
     status = 404
 
 
+class Unauthorized(SearchEngineError):
+    """No credentials, or credentials that are not valid (unknown, revoked, malformed)."""
+
+    status = 401
+
+
+class Forbidden(SearchEngineError):
+    """Valid credentials that do not allow this (a key of too low a scope, a cross-site form)."""
+
+    status = 403
+
+
 class Conflict(SearchEngineError):
     """meta_uuid already taken."""
 
@@ -80,3 +92,22 @@ class ModelUnavailable(SearchEngineError):
     """Model weights cannot be had (missing file, bad checksum, no network)."""
 
     status = 503
+
+
+class Overloaded(SearchEngineError):
+    """More work than this replica admits right now: retry after `retry_after_s` seconds."""
+
+    status = 503
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def __reduce__(self) -> tuple[type, tuple[str, int]]:  # type: ignore[override]
+        return (type(self), (self.message, self.retry_after_s))
+
+
+class RequestTimeout(SearchEngineError):
+    """The client stopped sending its request body."""
+
+    status = 408

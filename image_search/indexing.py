@@ -1,17 +1,38 @@
 """The Ray-free write/read core over the three stores, with its consistency protocol.
 
-Ingest: put object -> upsert vector -> commit the metadata row (visible only now).
-Delete: delete the row -> delete vector, object and thumbnails once no row shares the content.
-A crash between steps leaves only unreferenced objects/vectors, which search ignores and
-`pipelines.reconcile` removes.
+Rows sharing one content (the same bytes under several meta_uuids) share its object, vector
+and thumbnails, and many writers touch them at once: Indexer replicas, backfill jobs,
+reconcile, each a separate process. The metadata store arbitrates, in its `content` table
+(one row per content: refs = committed rows, pins = writers in flight, state live|purging,
+a token per generation; see MetadataStore), so that no row is ever visible without its bytes
+and vector, and no bytes or vector outlive their last row:
+  ingest     pin (refs/pins +1 in one transaction; a content being purged is waited for) ->
+             put object -> upsert vector -> commit: the row insert and pin -> ref in one
+             transaction that checks the pin's token. A Conflict releases the pin; a pin
+             invalidated meanwhile (delete-all, a stale pin reclaimed) fails the item with a
+             retryable 503 and purges what it wrote if nothing else has claimed the content.
+  delete     the row delete and ref -1 in one transaction, which marks the content purging
+             under a new token when nothing is left; the holder of that token then deletes
+             vector, object and thumbnail and forgets the content row. A writer arriving
+             meanwhile waits for the purge (or takes over one older than LEASE_S: its
+             purger crashed) and writes the content anew.
+  delete-all one transaction deletes every row and claims every content (which invalidates
+             every pin in flight); then their data goes, then whatever no content row claims.
+  thumbnail  generated under a hold (a pin on content that has rows), so a delete racing it
+             purges the thumbnail too.
+  orphans    (a crash between steps) are deleted only under a claim, which fails while any
+             row or pin references the content: reconcile can never delete data in use.
+The one assumption: a purge step takes far less than LEASE_S (stores answer or time
+out in seconds), and the hosts' clocks agree to well within it.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from collections import defaultdict
-from collections.abc import Sequence
+import re
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,10 +48,26 @@ from image_search.errors import (
 )
 from image_search.imaging import thumbnail_jpeg
 from image_search.planning import Plan, PlanItem, plan_items
-from image_search.records import ImageRecord, NewImage, thumbnail_key_for
+from image_search.records import ImageRecord, NewImage, milvus_id_for, thumbnail_key_for
 from image_search.stores import Stores, open_stores
+from image_search.stores.base import PURGING, ContentKey, PinLost, Purge
+from image_search.stores.vectors import MAX_TOP_K
 
 logger = logging.getLogger(__name__)
+
+# A pin or purge older than this is presumed crashed: a purge may then be taken over, and
+# reconcile drops the pin. Writers and purgers finish in seconds; a younger pin is in flight.
+LEASE_S = 60.0
+# How long a writer waits for a purge of its content to end before answering 503.
+PIN_WAIT_S = 10.0
+# How long a writer whose pin was lost waits to claim what it wrote, before leaving it to
+# reconcile (a delete-all of a large store can hold its claims this long).
+CLEANUP_WAIT_S = 30.0
+POLL_S = 0.05
+# The object layout this service writes (records.object_key_for, records.thumbnail_key_for).
+IMAGE_PREFIX = "meta/image/"
+THUMB_PREFIX = "thumb/"
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -44,6 +81,11 @@ class IngestItem:
     new: NewImage
     data: bytes
     vector: np.ndarray | None  # None when the content already has a vector
+    thumbnail: bytes = b""  # made by the decoder at ingest; b"": made on first request
+
+
+def content_key(new: NewImage) -> ContentKey:
+    return ContentKey(new.milvus_id, new.sha256, new.file_path)
 
 
 class IndexService:
@@ -55,10 +97,6 @@ class IndexService:
         self.stores = stores
         self.max_pixels = max_pixels
         self.thumbnail_size = thumbnail_size
-        # Serialises ingest/delete of the same content within this process, so a delete that
-        # drops the last reference cannot interleave with an ingest of the same bytes.
-        self._content_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
-        self._locks_guard = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> IndexService:
@@ -66,10 +104,6 @@ class IndexService:
         return cls(
             open_stores(settings), settings.limits.max_pixels, settings.server.thumbnail_size
         )
-
-    def _content_lock(self, sha256: str) -> threading.Lock:
-        with self._locks_guard:
-            return self._content_locks[sha256]
 
     def ensure_stores(self) -> None:
         """Create the schema and the collection (explicitly, never at import).
@@ -111,30 +145,71 @@ class IndexService:
 
     def ingest_many(self, items: Sequence[IngestItem]) -> list[ImageRecord | SearchEngineError]:
         """Write a batch; each item succeeds or fails on its own (its error is returned)."""
+        tokens = self._pin([content_key(it.new) for it in items])
+        out: list[ImageRecord | SearchEngineError] = [
+            StoreUnavailable("this content is being deleted right now; retry", "metadata")
+            for _ in items
+        ]
+        open_pins = [i for i, it in enumerate(items) if it.new.milvus_id in tokens]
+        try:
+            pinned = [items[i] for i in open_pins]
+            self._write_data(pinned)
+            missing = self._missing_vectors([it for it in pinned if it.vector is None])
+            while open_pins:
+                # Taken off first: a pin is given back at most once (tokens are per content,
+                # so a second release would take another writer's pin).
+                i = open_pins.pop(0)
+                out[i] = self._commit(items[i], tokens[items[i].new.milvus_id], missing)
+        finally:
+            # Only after an exception (a store down mid-batch): give back the pins not used.
+            for i in open_pins:
+                self._release_quietly(content_key(items[i].new), tokens[items[i].new.milvus_id])
+        return out
+
+    def _pin(self, keys: Sequence[ContentKey]) -> dict[int, str]:
+        """Pin every content, waiting (bounded) for purges of some of them to end."""
+        tokens: dict[int, str] = {}
+        pending = list(keys)
+        deadline = time.monotonic() + PIN_WAIT_S
+        while pending:
+            tokens.update(self.stores.metadata.pin(pending, LEASE_S))
+            pending = [k for k in pending if k.milvus_id not in tokens]
+            if not pending or time.monotonic() > deadline:
+                break
+            time.sleep(POLL_S)
+        return tokens
+
+    def _write_data(self, items: Sequence[IngestItem]) -> None:
+        """Side effects first, batched: objects, then one vector upsert for the whole batch."""
         st = self.stores
-        out: list[ImageRecord | SearchEngineError] = []
-        # Side effects first, batched: objects, then one vector upsert for the whole batch.
         for item in items:
             if not st.objects.exists(item.new.file_path):
                 st.objects.put(item.new.file_path, item.data, item.new.mime)
+            if item.thumbnail:
+                key = thumbnail_key_for(item.new.sha256, self.thumbnail_size)
+                st.objects.put(key, item.thumbnail, "image/jpeg")
         with_vec = [it for it in items if it.vector is not None]
         if with_vec:
             ids = [it.new.milvus_id for it in with_vec]
             vectors = np.stack([it.vector for it in with_vec if it.vector is not None])
             st.vectors.upsert(ids, vectors)
-        missing = self._missing_vectors([it for it in items if it.vector is None])
-        for item in items:
-            if item.new.milvus_id in missing:
-                out.append(
-                    StoreUnavailable("content is known but its vector is missing", "vectors")
-                )
-                continue
-            with self._content_lock(item.new.sha256):
-                try:
-                    out.append(st.metadata.add(item.new))  # the commit that makes it visible
-                except Conflict as exc:
-                    out.append(exc)
-        return out
+
+    def _commit(
+        self, item: IngestItem, token: str, missing: set[int]
+    ) -> ImageRecord | SearchEngineError:
+        """The commit that makes one item visible; its pin is used up whatever happens."""
+        key = content_key(item.new)
+        if item.new.milvus_id in missing:
+            self._release(key, token)
+            return StoreUnavailable("content is known but its vector is missing", "vectors")
+        try:
+            return self.stores.metadata.commit(item.new, token)
+        except Conflict as exc:
+            self._release(key, token)
+            return exc
+        except PinLost as exc:
+            self._clean_up(key)
+            return exc
 
     def _missing_vectors(self, items: Sequence[IngestItem]) -> set[int]:
         """Known content must really have its vector before a new row may point at it."""
@@ -142,30 +217,133 @@ class IndexService:
         found = self.stores.vectors.get(ids) if ids else {}
         return set(ids) - set(found)
 
+    def _release(self, key: ContentKey, token: str) -> None:
+        try:
+            purge = self.stores.metadata.release(key.milvus_id, token)
+        except PinLost:
+            self._clean_up(key)
+            return
+        if purge is not None:
+            self.purge(purge)
+
+    def _release_quietly(self, key: ContentKey, token: str) -> None:
+        try:
+            self._release(key, token)
+        except SearchEngineError as exc:
+            # The pin stays until reconcile finds it stale; nothing visible depends on it.
+            logger.warning("could not release the pin of content %d: %s", key.milvus_id, exc)
+
+    def _clean_up(self, key: ContentKey) -> None:
+        """After a lost pin: delete what this writer wrote, unless a live generation owns it."""
+        md = self.stores.metadata
+        deadline = time.monotonic() + CLEANUP_WAIT_S
+        while True:
+            purge = md.claim(key, LEASE_S)
+            if purge is not None:
+                self.purge(purge)
+                return
+            state = md.content_state(key.milvus_id)
+            if state is not None and state != PURGING:
+                return  # live again: another writer's row or pin references these bytes
+            if time.monotonic() > deadline:
+                logger.warning("content %d stays claimed by another purge; reconcile will "
+                               "remove what this writer left", key.milvus_id)  # fmt: skip
+                return
+            time.sleep(POLL_S)
+
+    def purge(self, purge: Purge, extra_keys: Sequence[str] = ()) -> None:
+        """Carry out a purge: delete the claimed content's data, then forget its content row."""
+        with self._abandoning(purge.token, [purge.key.milvus_id]):
+            self._delete_data([purge.key], extra_keys)
+        if not self.stores.metadata.end_purge(purge.token, [purge.key.milvus_id]):
+            logger.warning("the purge of content %d was taken over", purge.key.milvus_id)
+
+    @contextmanager
+    def _abandoning(self, token: str, milvus_ids: Sequence[int]) -> Iterator[None]:
+        """A purge that fails midway (a store down) is given up at once: otherwise a writer of
+        the same content would wait out the whole lease for a purge nobody is carrying out."""
+        try:
+            yield
+        except SearchEngineError:
+            try:
+                self.stores.metadata.abandon_purge(token, milvus_ids)
+            except SearchEngineError as exc:
+                logger.warning("could not abandon the purge of %d contents: %s",
+                               len(milvus_ids), exc)  # fmt: skip
+            raise
+
+    def _delete_data(self, keys: Sequence[ContentKey], extra_keys: Sequence[str] = ()) -> None:
+        # Vector first: a crash midway leaves an object, which names the content for reconcile.
+        self.stores.vectors.delete([k.milvus_id for k in keys])
+        for k in keys:
+            if k.file_path:
+                self.stores.objects.delete(k.file_path)
+            if k.sha256:
+                self.stores.objects.delete(thumbnail_key_for(k.sha256, self.thumbnail_size))
+        for extra in extra_keys:
+            self.stores.objects.delete(extra)
+
+    def purge_orphan(self, key: ContentKey, extra_keys: Sequence[str] = ()) -> bool:
+        """Delete content that nothing references (plus extra_keys of it, e.g. thumbnails of
+        another size); False, touching nothing, while a row or pin references it."""
+        purge = self.stores.metadata.claim(key, LEASE_S)
+        if purge is None:
+            return False
+        self.purge(purge, extra_keys)
+        return True
+
+    @contextmanager
+    def holding(self, milvus_ids: Sequence[int]) -> Iterator[list[int]]:
+        """Pin contents that have rows while writing to them outside ingest (a re-embed);
+        yields the ids held (a content deleted meanwhile is left out)."""
+        md = self.stores.metadata
+        held: dict[int, str] = {}
+        try:
+            for mid in sorted(set(milvus_ids)):
+                token = md.hold(mid)
+                if token is not None:
+                    held[mid] = token
+            yield sorted(held)
+        finally:
+            for mid, token in held.items():
+                self._release_quietly(ContentKey(mid), token)
+
     def delete(self, meta_uuid: str) -> ImageRecord:
-        rec = self.stores.metadata.delete(meta_uuid)
-        if rec is None:
+        removal = self.stores.metadata.delete(meta_uuid)
+        if removal is None:
             raise NotFound(f"image {meta_uuid!r} not found")
-        with self._content_lock(rec.sha256):
-            if self.stores.metadata.references(rec.sha256) == 0:
-                self._purge_content(rec.sha256, rec.milvus_id, rec.file_path)
-        return rec
+        if removal.purge is not None:
+            self.purge(removal.purge)
+        return removal.record
 
-    def _purge_content(self, sha256: str, milvus_id: int, file_path: str) -> None:
-        self.stores.vectors.delete([milvus_id])
-        self.stores.objects.delete(file_path)
-        self.stores.objects.delete(thumbnail_key_for(sha256, self.thumbnail_size))
-
-    def delete_all(self) -> int:
+    def delete_all(self, chunk: int = 1000) -> int:
         """Admin wipe: rows first (nothing stays visible), then every vector and object."""
         st = self.stores
-        contents = list(st.metadata.iter_content())
-        n = st.metadata.delete_all()
-        st.vectors.drop()
-        st.vectors.ping()  # recreates the empty collection with the current model
+        wipe = st.metadata.delete_all()
+        for start in range(0, len(wipe.contents), chunk):
+            keys = wipe.contents[start : start + chunk]
+            with self._abandoning(wipe.token, [k.milvus_id for k in wipe.contents[start:]]):
+                self._delete_data(keys)
+            st.metadata.end_purge(wipe.token, [k.milvus_id for k in keys])
+        leftovers = self._purge_unclaimed()
+        logger.warning("deleted all %d images (%d distinct contents, %d leftovers)",
+                       wipe.rows, len(wipe.contents), leftovers)  # fmt: skip
+        return wipe.rows
+
+    def _purge_unclaimed(self) -> int:
+        """What delete_all's claims did not cover: crash leftovers and foreign objects."""
+        st, n = self.stores, 0
         for key in list(st.objects.keys()):
-            st.objects.delete(key)
-        logger.warning("deleted all %d images (%d distinct contents)", n, len(contents))
+            sha = sha_of_key(key)
+            if sha is None:
+                st.objects.delete(key)  # not ours to arbitrate, and "all" means all
+                n += 1
+            elif key.startswith(THUMB_PREFIX):
+                n += self.purge_orphan(ContentKey(milvus_id_for(sha), sha), [key])
+            else:
+                n += self.purge_orphan(ContentKey(milvus_id_for(sha), sha, key))
+        for mid in list(st.vectors.ids()):
+            n += self.purge_orphan(ContentKey(mid))
         return n
 
     # -- reads ----------------------------------------------------------------------------
@@ -197,7 +375,7 @@ class IndexService:
         want = offset + limit
         # Ask for a little more than needed: hits without a row (mid-ingest or orphaned) are
         # dropped, and one vector can stand for several rows with the same bytes.
-        hits = self.stores.vectors.search(vector, min(16384, want + 16))
+        hits = self.stores.vectors.search(vector, min(MAX_TOP_K, want + 16))
         if threshold is not None:
             hits = [h for h in hits if h.distance <= threshold]
         rows = self.stores.metadata.by_milvus_ids([h.id for h in hits])
@@ -219,6 +397,22 @@ class IndexService:
             return self.stores.objects.get(key)
         except NotFound:
             pass
-        thumb = thumbnail_jpeg(self.stores.objects.get(rec.file_path), size, self.max_pixels)
-        self.stores.objects.put(key, thumb, "image/jpeg")
+        # Held while it is written: a delete of the last row meanwhile purges it afterwards.
+        token = self.stores.metadata.hold(rec.milvus_id)
+        if token is None:
+            raise NotFound(f"image {meta_uuid!r} not found")
+        try:
+            thumb = thumbnail_jpeg(self.stores.objects.get(rec.file_path), size, self.max_pixels)
+            self.stores.objects.put(key, thumb, "image/jpeg")
+        finally:
+            self._release(ContentKey(rec.milvus_id, rec.sha256, rec.file_path), token)
         return thumb
+
+
+def sha_of_key(key: str) -> str | None:
+    """meta/image/<sha>.<ext> and thumb/<size>/<sha>.jpg -> sha; anything else -> None."""
+    for prefix in (IMAGE_PREFIX, THUMB_PREFIX):
+        if key.startswith(prefix):
+            stem = key.rsplit("/", 1)[-1].split(".", 1)[0]
+            return stem if _SHA_RE.match(stem) else None
+    return None

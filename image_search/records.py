@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,12 +12,27 @@ from image_search.errors import BadRequest
 # Milvus primary keys are signed 64-bit; the original stored them in a 32-bit column.
 _INT63 = (1 << 63) - 1
 # 1-36 characters: the original's column width; the characters are safe in a URL path segment.
-META_UUID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,36}$")
-META_UUID_RULE = "1-36 characters of letters, digits, _ . : -"
+# The first one is a letter or digit, so "." and ".." (which clients normalise away) are out.
+META_UUID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,35}$")
+# The collection routes' own segments under /meta/image/: an image with one of these ids would
+# be shadowed by them (DELETE /meta/image/images deletes everything). A route test keeps this
+# set equal to the app's literal /meta/image/<word> routes.
+RESERVED_META_UUIDS = frozenset({"images", "count"})
+META_UUID_RULE = (
+    "1-36 characters of letters, digits, _ . : -, starting with a letter or digit, "
+    f"and not one of the reserved words {', '.join(sorted(RESERVED_META_UUIDS))}"
+)
+# Tags are stored as one JSON list in a 2048-character column; the JSON is ASCII (non-ASCII
+# is escaped), so its length is what the column holds, on SQLite and MySQL alike.
+TAGS_MAX_JSON = 2048
+TAGS_MAX_COUNT = 64
+# Object keys are derived from hashes (object_key_for, thumbnail_key_for): anything else that
+# reaches the file route is not ours, and may hold bytes a file system refuses (NUL).
+OBJECT_KEY_RE = re.compile(r"^meta/image/[0-9a-f]{64}\.[a-z0-9]{1,5}$")
 
 
 def valid_meta_uuid(meta_uuid: str) -> bool:
-    return bool(META_UUID_RE.match(meta_uuid))
+    return bool(META_UUID_RE.match(meta_uuid)) and meta_uuid not in RESERVED_META_UUIDS
 
 
 def check_meta_uuid(meta_uuid: str | None) -> str | None:
@@ -26,6 +42,29 @@ def check_meta_uuid(meta_uuid: str | None) -> str | None:
     if not valid_meta_uuid(meta_uuid):
         raise BadRequest(f"meta_uuid must be {META_UUID_RULE}")
     return meta_uuid
+
+
+def tags_json(tags: tuple[str, ...] | list[str]) -> str:
+    """The stored form of tags (one place, so the limit below measures what is written)."""
+    return json.dumps(list(tags))
+
+
+def check_tags(tags: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Tags that fit their column, or a 400 before anything is written."""
+    if len(tags) > TAGS_MAX_COUNT:
+        raise BadRequest(f"{len(tags)} tags; at most {TAGS_MAX_COUNT}")
+    if len(tags_json(tags)) > TAGS_MAX_JSON:
+        raise BadRequest(f"tags are too long: at most {TAGS_MAX_JSON} characters as JSON")
+    return tuple(tags)
+
+
+def parse_tags(raw: str | None) -> tuple[str, ...]:
+    """The upload form's comma-separated labels, checked."""
+    return check_tags(tuple(t.strip() for t in (raw or "").split(",") if t.strip()))
+
+
+def valid_object_key(key: str) -> bool:
+    return bool(OBJECT_KEY_RE.match(key))
 
 
 def milvus_id_for(sha256_hex: str) -> int:

@@ -7,18 +7,14 @@ orphan, and a row whose side effects are gone is damaged.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from image_search.indexing import IMAGE_PREFIX, THUMB_PREFIX, sha_of_key
 from image_search.records import milvus_id_for
-from image_search.stores import MetadataStore, ObjectStore, Stores, VectorIndex
+from image_search.stores import MetadataStore, ObjectStore, Stores
 
 logger = logging.getLogger(__name__)
-
-IMAGE_PREFIX = "meta/image/"
-THUMB_PREFIX = "thumb/"
-_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -53,12 +49,6 @@ class Findings:
             or self.orphan_vectors
             or self.orphan_objects
         )
-
-
-def sha_of_key(key: str) -> str | None:
-    """meta/image/<sha>.<ext> and thumb/<size>/<sha>.jpg -> sha; anything else -> None."""
-    stem = key.rsplit("/", 1)[-1].split(".", 1)[0]
-    return stem if _SHA_RE.match(stem) else None
 
 
 def scan(stores: Stores) -> Findings:
@@ -101,8 +91,3 @@ def unreferenced_ids(metadata: MetadataStore, ids: list[int]) -> list[int]:
     """Re-check right before deleting: an ingest may have committed its row since the scan."""
     have = metadata.by_milvus_ids(ids)
     return [i for i in ids if i not in have]
-
-
-def delete_vectors(vectors: VectorIndex, ids: list[int], chunk: int = 1000) -> None:
-    for start in range(0, len(ids), chunk):
-        vectors.delete(ids[start : start + chunk])

@@ -22,7 +22,7 @@ from pipelines.sources import read_bytes
 
 READ_COLUMNS = (
     "uri", "meta_uuid", "explicit_uuid", "file_name", "status", "reason", "sha256", "md5",
-    "ext", "mime", "size", "width", "height", "data", "pixels", "tags",
+    "ext", "mime", "size", "width", "height", "data", "pixels", "thumbnail", "tags",
 )  # fmt: skip
 
 
@@ -32,7 +32,7 @@ def blank_row(uri: str, meta_uuid: str, size: int, tags: str = "[]") -> Row:
         "uri": uri, "meta_uuid": meta_uuid, "explicit_uuid": bool(meta_uuid),
         "file_name": PurePosixPath(uri).name[:255], "status": "skipped", "reason": "",
         "sha256": "", "md5": "", "ext": "", "mime": "", "size": size, "width": 0, "height": 0,
-        "data": b"", "pixels": b"",
+        "data": b"", "pixels": b"", "thumbnail": b"",
     }  # fmt: skip
 
 
@@ -79,9 +79,11 @@ def plan(metadata: MetadataStore, rows: Sequence[Row]) -> None:
 
 def _decode(row: Row, ctx: TaskContext) -> None:
     try:
-        decoded = decode(row["data"], ctx.spec, ctx.settings.limits.max_pixels)
+        decoded = decode(row["data"], ctx.spec, ctx.settings.limits.max_pixels,
+                         thumbnail_size=ctx.settings.server.thumbnail_size)  # fmt: skip
     except SearchEngineError as exc:
         row["status"], row["reason"] = "skipped", skip_reason(exc)
         return
     row["pixels"] = decoded.pixels.tobytes()
+    row["thumbnail"] = decoded.thumbnail
     row["width"], row["height"] = decoded.width, decoded.height

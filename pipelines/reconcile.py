@@ -8,8 +8,14 @@ are the source of truth, and one whose object is gone is reported as unrecoverab
 
 Ages: the ingest writes the object before the vector, so a vector is as old as its object. An
 orphan vector with a young object may belong to an ingest in flight and is kept; one with no
-object at all belongs to no ingest in flight and goes. Every deletion re-checks the metadata
-first, so a row committed since the scan keeps what it references.
+object at all belongs to no ingest in flight and goes.
+
+Every deletion happens under a claim on the content (IndexService.purge_orphan): the claim
+fails while a row or an in-flight writer's pin references the content, in any process, so
+reconcile never deletes what an upload is reusing or writing. It also reports contents whose
+reference count disagrees with the rows, and pins and purges older than the grace period and
+at least LEASE_S (their writer crashed); --fix recounts them and purges what nothing
+references. A re-embed holds its contents, so a delete racing it purges the vector it writes.
 """
 
 from __future__ import annotations
@@ -22,14 +28,15 @@ from dataclasses import asdict
 from typing import Any
 
 from image_search.config import Settings
+from image_search.indexing import LEASE_S, THUMB_PREFIX, IndexService, sha_of_key
+from image_search.records import milvus_id_for
 from image_search.stores import Stores, open_stores
+from image_search.stores.base import ContentKey, RefDrift
 from pipelines.findings import (
     Content,
     Findings,
-    delete_vectors,
     object_ages,
     scan,
-    sha_of_key,
     unreferenced_ids,
 )
 from pipelines.options import PoolOptions, add_pool_arguments, pool_options_from_args
@@ -47,7 +54,7 @@ logger = logging.getLogger("pipelines.reconcile")
 DEFAULT_GRACE_S = 600.0
 
 
-def describe(f: Findings) -> dict[str, Any]:
+def describe(f: Findings, drift: list[RefDrift]) -> dict[str, Any]:
     def contents(items: list[Content]) -> list[dict[str, Any]]:
         return [asdict(c) for c in capped(items)]
 
@@ -62,13 +69,15 @@ def describe(f: Findings) -> dict[str, Any]:
             "orphan_vectors": len(f.orphan_vectors),
             "orphan_objects": len(f.orphan_objects),
             "foreign_objects": len(f.foreign_objects),
+            "ref_drift": len(drift),
         },
-        "consistent": f.consistent,
+        "consistent": f.consistent and not drift,
         "rows_without_vector": contents(f.rows_without_vector),
         "rows_without_object": contents(f.rows_without_object),
         "orphan_vectors": capped(f.orphan_vectors),
         "orphan_objects": capped(f.orphan_objects),
         "foreign_objects": capped(f.foreign_objects),
+        "ref_drift": [asdict(d) for d in capped(drift)],
     }
 
 
@@ -82,11 +91,12 @@ def run(
     started = time.monotonic()
     stores = open_stores(settings)
     stores.metadata.create_schema()
-    findings = scan(stores)
-    report: dict[str, Any] = {"collection": settings.stores.collection, **describe(findings)}
+    findings, drift = scan(stores), stores.metadata.ref_drift(_lease(grace_s))
+    report: dict[str, Any] = {"collection": settings.stores.collection, **describe(findings, drift)}
     if fix:
         report["fix"] = repair(settings, stores, findings, grace_s, opts or PoolOptions(), address)
-        report["after"] = describe(scan(stores))["counts"]
+        after = describe(scan(stores), stores.metadata.ref_drift(_lease(grace_s)))
+        report["after"] = after["counts"]
     report["elapsed_s"] = round(time.monotonic() - started, 3)
     logger.info("reconcile %s: %s", "and fix" if fix else "(report only)", report["counts"])
     return report
@@ -100,17 +110,34 @@ def repair(
     opts: PoolOptions,
     address: str | None,
 ) -> dict[str, Any]:
+    svc = IndexService(stores, settings.limits.max_pixels, settings.server.thumbnail_size)
     out: dict[str, Any] = {"grace_s": grace_s}
-    out.update(_delete_orphan_vectors(stores, f, grace_s))
-    out.update(_delete_orphan_objects(stores, f, grace_s))
-    out.update(_reembed_missing(settings, f, opts, address))
+    out.update(_repair_refs(svc, grace_s))
+    out.update(_delete_orphan_vectors(svc, f, grace_s))
+    out.update(_delete_orphan_objects(svc, f, grace_s))
+    out.update(_reembed_missing(settings, svc, f, opts, address))
     with_retries("flush", stores.vectors.flush)
     # Rows whose object is gone cannot be rebuilt from this side; a human decides.
     out["unrecoverable_rows"] = [asdict(c) for c in capped(f.rows_without_object)]
     return out
 
 
-def _delete_orphan_vectors(stores: Stores, f: Findings, grace_s: float) -> dict[str, Any]:
+def _lease(grace_s: float) -> float:
+    """How old a pin or purge must be to count as crashed: never younger than LEASE_S, which
+    writers in flight never reach, whatever grace the orphans get."""
+    return max(grace_s, LEASE_S)
+
+
+def _repair_refs(svc: IndexService, grace_s: float) -> dict[str, Any]:
+    purges = svc.stores.metadata.repair_refs(_lease(grace_s))
+    for purge in purges:
+        svc.purge(purge)
+    logger.info("recounted references; purged %d contents nothing references", len(purges))
+    return {"contents_purged": len(purges)}
+
+
+def _delete_orphan_vectors(svc: IndexService, f: Findings, grace_s: float) -> dict[str, Any]:
+    stores = svc.stores
     young: list[int] = []
     candidates: list[int] = []
     related = [k for i in f.orphan_vectors for k in f.image_keys_by_id.get(i, [])]
@@ -123,13 +150,15 @@ def _delete_orphan_vectors(stores: Stores, f: Findings, grace_s: float) -> dict[
         else:
             candidates.append(vid)
     doomed = unreferenced_ids(stores.metadata, candidates) if candidates else []
-    delete_vectors(stores.vectors, doomed)
+    # Only the vector: its object, if any, is an orphan object with its own age.
+    deleted = sum(svc.purge_orphan(ContentKey(vid)) for vid in doomed)
     logger.info("deleted %d orphan vectors; kept %d younger than %.0fs",
-                len(doomed), len(young), grace_s)  # fmt: skip
-    return {"vectors_deleted": len(doomed), "vectors_kept_in_grace": capped(young)}
+                deleted, len(young), grace_s)  # fmt: skip
+    return {"vectors_deleted": deleted, "vectors_kept_in_grace": capped(young)}
 
 
-def _delete_orphan_objects(stores: Stores, f: Findings, grace_s: float) -> dict[str, Any]:
+def _delete_orphan_objects(svc: IndexService, f: Findings, grace_s: float) -> dict[str, Any]:
+    stores = svc.stores
     ages = object_ages(stores.objects, f.orphan_objects)
     deleted, young = 0, []
     for key in f.orphan_objects:
@@ -137,21 +166,37 @@ def _delete_orphan_objects(stores: Stores, f: Findings, grace_s: float) -> dict[
             young.append(key)
             continue
         sha = sha_of_key(key)
-        if sha and stores.metadata.references(sha) == 0:
-            stores.objects.delete(key)
-            deleted += 1
+        if not sha or stores.metadata.references(sha) != 0:
+            continue
+        if key.startswith(THUMB_PREFIX):
+            deleted += svc.purge_orphan(ContentKey(milvus_id_for(sha), sha), [key])
+        else:
+            deleted += svc.purge_orphan(ContentKey(milvus_id_for(sha), sha, key))
     logger.info("deleted %d orphan objects; kept %d younger than %.0fs",
                 deleted, len(young), grace_s)  # fmt: skip
     return {"objects_deleted": deleted, "objects_kept_in_grace": capped(young)}
 
 
 def _reembed_missing(
-    settings: Settings, f: Findings, opts: PoolOptions, address: str | None
+    settings: Settings, svc: IndexService, f: Findings, opts: PoolOptions, address: str | None
+) -> dict[str, Any]:
+    no_object = set(f.rows_without_object)
+    todo = [c for c in f.rows_without_vector if c not in no_object]
+    if not todo:
+        return {"reembedded": 0, "reembed_failed": [], "reembed_failed_count": 0}
+    # Held while their vectors are written: a delete of the last row meanwhile then purges
+    # the new vector too, instead of leaving it behind.
+    with svc.holding([c.milvus_id for c in todo]) as held:
+        have = svc.stores.vectors.get(held) if held else {}
+        todo = [c for c in todo if c.milvus_id in set(held) - set(have)]
+        return _reembed(settings, todo, opts, address)
+
+
+def _reembed(
+    settings: Settings, todo: list[Content], opts: PoolOptions, address: str | None
 ) -> dict[str, Any]:
     from pipelines.dataflow import embed_contents
 
-    no_object = set(f.rows_without_object)
-    todo = [c for c in f.rows_without_vector if c not in no_object]
     if not todo:
         return {"reembedded": 0, "reembed_failed": [], "reembed_failed_count": 0}
     ensure_ray(address)

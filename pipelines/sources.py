@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from image_search.config import Settings
-from image_search.errors import ImageTooLarge, SearchEngineError
+from image_search.errors import BadRequest, ImageTooLarge, SearchEngineError
 from image_search.imaging import SUPPORTED_EXTENSIONS
-from image_search.records import META_UUID_RULE, valid_meta_uuid
+from image_search.records import META_UUID_RULE, check_tags, tags_json, valid_meta_uuid
 from image_search.stores.s3 import minio_client
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class Item:
 
     def row(self) -> dict[str, Any]:
         return {"uri": self.uri, "meta_uuid": self.meta_uuid, "size": self.size,
-                "tags": json.dumps(self.tags)}  # fmt: skip
+                "tags": tags_json(self.tags)}  # fmt: skip
 
 
 @dataclass
@@ -151,7 +151,12 @@ def _list_manifest(path: Path) -> Listing:
         if meta_uuid and not valid_meta_uuid(meta_uuid):
             out.rejected.append({"uri": uri, "reason": f"invalid meta_uuid: {META_UUID_RULE}"})
             continue
-        out.items.append(Item(uri=uri, meta_uuid=meta_uuid, tags=_tags(row.get("tags"))))
+        try:
+            tags = list(check_tags(_tags(row.get("tags"))))
+        except BadRequest as exc:
+            out.rejected.append({"uri": uri, "reason": exc.message})
+            continue
+        out.items.append(Item(uri=uri, meta_uuid=meta_uuid, tags=tags))
     return out
 
 

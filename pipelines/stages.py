@@ -92,7 +92,8 @@ class WriteStage:
         return to_batch(rows, WRITTEN_COLUMNS)
 
     def _write(self, rows: list[Row]) -> None:
-        items = [IngestItem(_new_image(r), r["data"], vector_from_bytes(r["vector"])) for r in rows]
+        items = [IngestItem(_new_image(r), r["data"], vector_from_bytes(r["vector"]),
+                            bytes(r.get("thumbnail") or b"")) for r in rows]  # fmt: skip
         try:
             results = with_retries("ingest", self.svc.ingest_many, items)
         except StoreUnavailable as exc:

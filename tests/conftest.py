@@ -15,9 +15,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-# Before anything imports ray: keep every Ray process on loopback, with no usage reporting.
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Before anything imports ray: keep every Ray process on loopback, with no usage reporting,
+# and the proxy's body limits on, as `image-search serve` does (ray is imported lazily there).
+from deployments.cluster import LOCAL_RAY_ENV
+
+os.environ.update({**LOCAL_RAY_ENV, **os.environ})
 # The test cluster runs without token auth whatever state ~/.ray is in, and so do its clients.
 os.environ["RAY_AUTH_MODE"] = "disabled"
 

@@ -1,5 +1,7 @@
 // The HTTP API, as the page uses it. Every URL is relative to the page's folder (index.html
 // sets <base href>), because the app may be mounted under a route prefix such as /embedded/.
+// Every call carries the API key (keys.js); a 401 asks for one and sends the call again.
+import { askForKey, authHeaders, currentKey } from "./keys.js";
 
 /** An API failure with a message meant for a person, and the HTTP status (0: no answer). */
 export class ApiError extends Error {
@@ -38,20 +40,43 @@ function parseEnvelope(status, text) {
   throw new ApiError(`the server answered HTTP ${status}${snippet ? `: ${snippet}` : ""}`, status);
 }
 
-async function requestJSON(path, { method = "GET", params, body, signal } = {}) {
-  let response;
+/** The server's message in a JSON error body, or a generic one. */
+function messageOf(text) {
   try {
-    response = await fetch(apiUrl(path, params), {
-      method,
-      body,
-      signal,
-      headers: { Accept: "application/json" },
-    });
-  } catch (err) {
-    if (err.name === "AbortError") throw err; // the caller replaced this request; not an error
-    throw new ApiError(`cannot reach the server (${err.message})`, 0);
+    const body = JSON.parse(text);
+    if (body && typeof body.message === "string" && body.message) return body.message;
+  } catch {
+    // not JSON
   }
-  return parseEnvelope(response.status, await response.text());
+  return "this needs an API key";
+}
+
+/**
+ * send(headers) -> {status, text}; sent again with a new key while the server answers 401 and
+ * the person enters one. Cancelling the dialog reports the 401 as any other error.
+ */
+async function withKey(send) {
+  for (;;) {
+    const used = currentKey();
+    const { status, text } = await send({ Accept: "application/json", ...authHeaders() });
+    if (status !== 401) return parseEnvelope(status, text);
+    // Another call got a new key from the person while this one was on its way: use it.
+    if (currentKey() !== used) continue;
+    if (!(await askForKey(messageOf(text), used !== ""))) return parseEnvelope(status, text);
+  }
+}
+
+function requestJSON(path, { method = "GET", params, body, signal } = {}) {
+  return withKey(async (headers) => {
+    let response;
+    try {
+      response = await fetch(apiUrl(path, params), { method, body, signal, headers });
+    } catch (err) {
+      if (err.name === "AbortError") throw err; // the caller replaced this request
+      throw new ApiError(`cannot reach the server (${err.message})`, 0);
+    }
+    return { status: response.status, text: await response.text() };
+  });
 }
 
 /**
@@ -59,25 +84,19 @@ async function requestJSON(path, { method = "GET", params, body, signal } = {}) 
  * onProgress gets the fraction of the body sent, 0..1.
  */
 function postWithProgress(path, form, onProgress) {
-  return new Promise((resolve, reject) => {
+  return withKey((headers) => new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
     xhr.open("POST", apiUrl(path));
-    xhr.setRequestHeader("Accept", "application/json");
+    for (const [name, value] of Object.entries(headers)) xhr.setRequestHeader(name, value);
     xhr.upload.addEventListener("progress", (event) => {
       if (event.lengthComputable && event.total > 0) onProgress(event.loaded / event.total);
     });
     xhr.upload.addEventListener("load", () => onProgress(1));
-    xhr.addEventListener("load", () => {
-      try {
-        resolve(parseEnvelope(xhr.status, xhr.responseText));
-      } catch (err) {
-        reject(err);
-      }
-    });
+    xhr.addEventListener("load", () => resolve({ status: xhr.status, text: xhr.responseText }));
     xhr.addEventListener("error", () => reject(new ApiError("the upload did not reach the server", 0)));
     xhr.addEventListener("abort", () => reject(new ApiError("the upload was cancelled", 0)));
     xhr.send(form);
-  });
+  }));
 }
 
 function searchForm(file, { limit, threshold }) {

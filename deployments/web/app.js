@@ -1,7 +1,8 @@
 // The page's entry point: tabs, paste, the image count, and a net under unexpected errors.
 import { api } from "./api.js";
 import { initGallery } from "./gallery.js";
-import { describeError, showError } from "./notify.js";
+import { initKeys } from "./keys.js";
+import { describeError, showError, showNotice } from "./notify.js";
 import { initSearch } from "./search.js";
 import { initUpload } from "./upload.js";
 
@@ -81,6 +82,7 @@ document.addEventListener("paste", (event) => {
 const tabFromHash = () => (TABS.includes(location.hash.slice(1)) ? location.hash.slice(1) : "search");
 window.addEventListener("hashchange", () => showTab(tabFromHash()));
 showTab(tabFromHash());
+initKeys(() => showNotice("Key forgotten: the next call that needs one will ask."));
 refreshCount();
 // Tests and scripts wait for this before driving the page.
 document.documentElement.dataset.ready = "true";

@@ -8,7 +8,13 @@ from typing import Protocol
 
 import numpy as np
 
+from image_search.errors import StoreUnavailable
 from image_search.records import ImageRecord, NewImage
+
+# Content states (the `content` table, see MetadataStore): referenced or being written, or
+# being deleted by the holder of the row's token.
+LIVE = "live"
+PURGING = "purging"
 
 
 @dataclass(frozen=True)
@@ -56,21 +62,151 @@ class VectorIndex(Protocol):
     def drop(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class ContentKey:
+    """One stored content: its vector id and, when known, its bytes' sha256 and object key.
+
+    milvus_id is the key all three stores share: the object and thumbnails are named by the
+    sha256 it derives from, and a vector found alone cannot be mapped back to its sha256.
+    """
+
+    milvus_id: int
+    sha256: str = ""
+    file_path: str = ""
+
+
+@dataclass(frozen=True)
+class Purge:
+    """The right to delete one content's vector, object and thumbnails.
+
+    Whoever holds it deletes them, then calls end_purge(token); writers of that content wait
+    meanwhile (or take over a purge older than the lease: its holder crashed).
+    """
+
+    key: ContentKey
+    token: str
+
+
+@dataclass(frozen=True)
+class Removal:
+    """A deleted row, and the purge its caller must carry out when it was the last reference."""
+
+    record: ImageRecord
+    purge: Purge | None
+
+
+@dataclass(frozen=True)
+class Wipe:
+    """delete_all: the rows deleted, and every content, claimed for purging under one token."""
+
+    rows: int
+    token: str
+    contents: list[ContentKey]
+
+
+@dataclass(frozen=True)
+class RefDrift:
+    """A content whose bookkeeping disagrees with the rows (reconcile reports and repairs it)."""
+
+    key: ContentKey
+    refs: int  # what the content row says (-1: there is no content row)
+    rows: int  # the image rows that really reference it
+    pins: int
+    state: str
+    age_s: float
+
+
+class PinLost(StoreUnavailable):
+    """A writer's pin was invalidated (delete-all, or a stale pin reclaimed): retry the write."""
+
+    def __init__(self, message: str, store: str = "metadata") -> None:
+        super().__init__(message, store)
+
+
 class MetadataStore(Protocol):
+    """Rows, and the `content` table that arbitrates every write and delete of stored content.
+
+    Each content row counts `refs` (committed image rows) and `pins` (writers in flight, in
+    any process); its `token` names the current generation. Data is deleted only under a
+    Purge, which exists only while refs + pins is 0; see image_search.indexing.
+    """
+
     name: str
 
     def create_schema(self) -> None: ...
-    def add(self, new: NewImage) -> ImageRecord: ...
+    def add(self, new: NewImage) -> ImageRecord:
+        """Insert a row with no data written (tools, tests); the content counts it."""
+        ...
+
     def get(self, meta_uuid: str) -> ImageRecord | None: ...
     def page(self, offset: int, limit: int) -> list[ImageRecord]: ...
     def count(self) -> int: ...
-    def delete(self, meta_uuid: str) -> ImageRecord | None: ...
+    def delete(self, meta_uuid: str) -> Removal | None:
+        """Delete the row and drop its reference, in one transaction."""
+        ...
+
     def references(self, sha256: str) -> int: ...
+    def pin(self, keys: Sequence[ContentKey], lease_s: float) -> dict[int, str]:
+        """Pin each content for a writer (a key listed n times gets n pins).
+
+        Returns milvus_id -> the pin's token; a content being purged is left out (retry
+        shortly), unless its purge is older than lease_s: then it is taken over and pinned.
+        """
+        ...
+
+    def hold(self, milvus_id: int) -> str | None:
+        """Pin a content only while rows reference it (a thumbnail, a re-embed); else None."""
+        ...
+
+    def commit(self, new: NewImage, token: str) -> ImageRecord:
+        """Turn one pin into the new row's reference and insert the row, atomically.
+
+        Raises Conflict (meta_uuid taken; the pin stays) or PinLost (the pin is gone).
+        """
+        ...
+
+    def release(self, milvus_id: int, token: str) -> Purge | None:
+        """Drop one pin; a Purge when nothing references the content any more.
+
+        Raises PinLost when the pin's generation is gone.
+        """
+        ...
+
+    def claim(self, key: ContentKey, lease_s: float) -> Purge | None:
+        """Claim content that no row or pin references (an orphan); None when it is live or
+        another purge (younger than lease_s) has it."""
+        ...
+
+    def content_state(self, milvus_id: int) -> str | None:
+        """LIVE, PURGING, or None when there is no content row."""
+        ...
+
+    def end_purge(self, token: str, milvus_ids: Sequence[int] | None = None) -> int:
+        """Forget purged content rows (all of the token's, or only these); how many went."""
+        ...
+
+    def abandon_purge(self, token: str, milvus_ids: Sequence[int]) -> int:
+        """Give up purges that failed midway (a store down): their rows are made stale at
+        once, so the next writer takes them over instead of waiting out the lease."""
+        ...
+
+    def ref_drift(self, lease_s: float) -> list[RefDrift]:
+        """Contents whose refs disagree with the rows, or whose pins or purge are older than
+        lease_s (their writer or purger crashed)."""
+        ...
+
+    def repair_refs(self, lease_s: float) -> list[Purge]:
+        """Fix what ref_drift finds; the purges of contents that nothing references."""
+        ...
+
     def by_milvus_ids(self, ids: Sequence[int]) -> dict[int, list[ImageRecord]]: ...
     def existing_uuids(self, meta_uuids: Sequence[str]) -> set[str]: ...
     def iter_content(self) -> Iterator[tuple[str, int, str]]:
         """Every distinct (sha256, milvus_id, file_path), for reconcile and re-embed."""
         ...
 
-    def delete_all(self) -> int: ...
+    def delete_all(self) -> Wipe:
+        """Delete every row and claim every content (invalidating every pin) at once."""
+        ...
+
     def ping(self) -> None: ...

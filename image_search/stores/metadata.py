@@ -1,12 +1,29 @@
-"""Metadata rows in SQLite (embedded) or MySQL/MariaDB (production) through SQLAlchemy 2.0."""
+"""Metadata rows in SQLite (embedded) or MySQL/MariaDB (production) through SQLAlchemy 2.0.
+
+Beside the `image` rows, the `content` table arbitrates the stored content that rows share,
+across threads, replicas and jobs (the protocol is in image_search.indexing). Its rules here:
+- every write transaction's FIRST statement is a write (an upsert or an UPDATE), so SQLite
+  takes its database write lock and InnoDB an exclusive row lock before anything is read: no
+  transaction decides on a stale read, and reads inside one use FOR UPDATE (latest version);
+- locks are taken content row first, then image rows, in every transaction (and in milvus_id
+  order when several content rows are locked), which keeps InnoDB deadlocks rare; one that
+  happens anyway is retried (_write);
+- `refs` counts committed image rows exactly (changed in the transaction that inserts or
+  deletes a row), `pins` counts writers in flight; a row goes `purging` with a fresh token in
+  the transaction that brings refs + pins to 0, and only that token's holder deletes data.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import time
+import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -15,20 +32,37 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    case,
     create_engine,
     delete,
     event,
     func,
+    inspect,
+    literal,
     select,
+    update,
 )
 from sqlalchemy.dialects import mysql
+from sqlalchemy.dialects.mysql import insert as mysql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import CursorResult, Dialect, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.sql.dml import Insert
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from image_search.errors import Conflict, StoreUnavailable
-from image_search.records import ImageRecord, NewImage
+from image_search.records import ImageRecord, NewImage, tags_json
+from image_search.stores.base import (
+    LIVE,
+    PURGING,
+    ContentKey,
+    PinLost,
+    Purge,
+    RefDrift,
+    Removal,
+    Wipe,
+)
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -113,6 +147,48 @@ class Image(Base):
         )
 
 
+class Content(Base):
+    """One stored content (object, vector, thumbnails) and who may touch it; see the docstring."""
+
+    __tablename__ = "content"
+    __table_args__ = (
+        Index("ix_content_token", "token"),
+        {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"},
+    )
+
+    milvus_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    sha256: Mapped[str] = mapped_column(String(64), default="")  # "" for a lone vector's claim
+    file_path: Mapped[str] = mapped_column(String(255), default="")
+    refs: Mapped[int] = mapped_column(Integer, default=0)
+    pins: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[str] = mapped_column(String(8), default=LIVE)
+    token: Mapped[str] = mapped_column(String(32))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+
+    def key(self) -> ContentKey:
+        return ContentKey(self.milvus_id, self.sha256, self.file_path)
+
+
+# Rows that existed before the content table get this token (tokens are only ever compared
+# on one row, and purge tokens are fresh uuids, so one shared value is safe).
+MIGRATED_TOKEN = "migrated"
+# An abandoned purge's updated_at: older than any lease, so the next writer takes it over.
+ABANDONED_AT = datetime(2000, 1, 1, tzinfo=UTC)
+# MySQL/MariaDB: deadlock victim, lock wait timeout. Both roll the transaction back whole.
+_RETRYABLE_MYSQL = (1213, 1205)
+WRITE_ATTEMPTS = 6
+
+
+def _token() -> str:
+    return uuid.uuid4().hex
+
+
+def _retryable(exc: BaseException | None) -> bool:
+    orig = getattr(exc, "orig", None)
+    args: tuple[Any, ...] = tuple(getattr(orig, "args", ()))
+    return bool(args) and args[0] in _RETRYABLE_MYSQL
+
+
 def _make_engine(uri: str, timeout_s: float) -> Engine:
     if uri.startswith("sqlite"):
         engine = create_engine(uri, connect_args={"timeout": 30, "check_same_thread": False})
@@ -169,37 +245,234 @@ class SqlMetadataStore:
         with self._session() as s:
             return fn(s)
 
+    def _write(self, fn: Callable[[Session], T]) -> T:
+        """Run fn in one transaction and commit; a deadlock victim (MySQL) is run again."""
+        for attempt in range(WRITE_ATTEMPTS):
+            try:
+                with self._session() as s:
+                    out = fn(s)
+                    s.commit()
+                    return out
+            except StoreUnavailable as exc:
+                if attempt + 1 == WRITE_ATTEMPTS or not _retryable(exc.__cause__):
+                    raise
+                time.sleep(0.01 * 2**attempt)
+        raise AssertionError("unreachable")
+
     def create_schema(self) -> None:
         try:
+            had_content = inspect(self.engine).has_table(Content.__tablename__)
             Base.metadata.create_all(self.engine)
         except (OperationalError, DBAPIError) as exc:
             raise StoreUnavailable(f"metadata store unavailable: {exc.orig}", "metadata") from exc
+        if not had_content:
+            # A database from before the content table: count its rows' references once.
+            try:
+                n = self._write(self._fill_content)
+            except IntegrityError:
+                n = 0  # another replica filled it at the same moment
+            logger.info("content table created; %d contents counted from existing rows", n)
+
+    @staticmethod
+    def _fill_content(s: Session) -> int:
+        """Insert a live content row for every milvus_id that rows use and that has none."""
+        have = select(Content.milvus_id).where(Content.milvus_id == Image.milvus_id)
+        groups = (
+            select(Image.milvus_id, func.min(Image.sha256), func.min(Image.file_path),
+                   func.count(Image.id))
+            .where(~have.exists())
+            .group_by(Image.milvus_id)
+        )  # fmt: skip
+        n = 0
+        for mid, sha, path, count in s.execute(groups).all():
+            s.add(_content_row(ContentKey(int(mid), sha, path), int(count), LIVE, MIGRATED_TOKEN))
+            n += 1
+        return n
 
     def ping(self) -> None:
         self._read(lambda s: s.execute(select(1)).scalar_one())
 
-    def add(self, new: NewImage) -> ImageRecord:
-        row = Image(
-            meta_uuid=new.meta_uuid,
-            hash_code=new.hash_code,
-            sha256=new.sha256,
-            milvus_id=new.milvus_id,
-            file_name=new.file_name[:255],
-            file_path=new.file_path,
-            mime=new.mime,
-            size_bytes=new.size_bytes,
-            width=new.width,
-            height=new.height,
-            tags=json.dumps(list(new.tags)),
-        )
+    # -- pins and commits ---------------------------------------------------------------------
+    def _upsert(self, s: Session, key: ContentKey, values: dict[str, Any],
+                on_conflict: dict[str, Any]) -> None:  # fmt: skip
+        """INSERT the content row, or apply on_conflict to the existing one: one write."""
+        row = {"milvus_id": key.milvus_id, "sha256": key.sha256, "file_path": key.file_path,
+               "updated_at": _now(), **values}  # fmt: skip
+        stmt: Insert
+        if self.engine.dialect.name == "sqlite":
+            stmt = (
+                sqlite_insert(Content)
+                .values(**row)
+                .on_conflict_do_update(index_elements=[Content.milvus_id], set_=on_conflict)
+            )
+        else:
+            stmt = mysql_insert(Content).values(**row).on_duplicate_key_update(**on_conflict)
+        s.execute(stmt)
+
+    @staticmethod
+    def _locked(s: Session, milvus_id: int) -> Content | None:
+        stmt = select(Content).where(Content.milvus_id == milvus_id).with_for_update()
+        return s.scalars(stmt.execution_options(populate_existing=True)).first()
+
+    @staticmethod
+    def _stale(row: Content, lease_s: float) -> bool:
+        return row.updated_at < _now() - timedelta(seconds=lease_s)
+
+    def _pin_in(self, s: Session, key: ContentKey, n: int, lease_s: float) -> str | None:
+        token = _token()
+        live = Content.state == LIVE
+        self._upsert(
+            s, key, {"refs": 0, "pins": n, "state": LIVE, "token": token},
+            {"pins": case((live, Content.pins + n), else_=Content.pins),
+             "updated_at": case((live, literal(_now(), UTCDateTime())), else_=Content.updated_at)},
+        )  # fmt: skip
+        row = self._locked(s, key.milvus_id)
+        if row is None:
+            raise StoreUnavailable("content row vanished inside its transaction", "metadata")
+        if row.state == LIVE:
+            return row.token
+        if not self._stale(row, lease_s):
+            return None
+        # A purge that outlived its lease: its purger crashed. Whatever it deleted, this
+        # writer puts back (object if missing, vector upsert) before its row is committed.
+        logger.warning("taking over a stale purge of content %d", key.milvus_id)
+        row.state, row.refs, row.pins, row.token = LIVE, 0, n, token
+        row.sha256 = key.sha256 or row.sha256
+        row.file_path = key.file_path or row.file_path
+        row.updated_at = _now()
+        return token
+
+    def pin(self, keys: Sequence[ContentKey], lease_s: float) -> dict[int, str]:
+        counts = Counter(k.milvus_id for k in keys)
+        first = {k.milvus_id: k for k in reversed(keys)}
+
+        def tx(s: Session) -> dict[int, str]:
+            out: dict[int, str] = {}
+            for mid in sorted(counts):  # one lock order for every writer
+                token = self._pin_in(s, first[mid], counts[mid], lease_s)
+                if token is not None:
+                    out[mid] = token
+            return out
+
+        return self._write(tx)
+
+    def hold(self, milvus_id: int) -> str | None:
+        def tx(s: Session) -> str | None:
+            r = s.execute(
+                update(Content)
+                .where(Content.milvus_id == milvus_id, Content.state == LIVE, Content.refs > 0)
+                .values(pins=Content.pins + 1, updated_at=_now())
+            )
+            if not _rowcount(r):
+                return None
+            row = self._locked(s, milvus_id)
+            return None if row is None else row.token
+
+        return self._write(tx)
+
+    def _commit_in(self, s: Session, new: NewImage, token: str) -> Image:
+        r = s.execute(
+            update(Content)
+            .where(Content.milvus_id == new.milvus_id, Content.token == token,
+                   Content.state == LIVE, Content.pins > 0)
+            .values(refs=Content.refs + 1, pins=Content.pins - 1, updated_at=_now())
+        )  # fmt: skip
+        if not _rowcount(r):
+            raise PinLost(
+                f"content of {new.meta_uuid!r} was deleted while it was being written; retry"
+            )
+        row = _image_row(new)
+        s.add(row)
         try:
-            with self._session() as s:
-                s.add(row)
-                s.commit()
-                return row.record()
+            s.flush()
         except IntegrityError as exc:
             raise Conflict(f"meta_uuid {new.meta_uuid!r} already exists") from exc
+        return row
 
+    def commit(self, new: NewImage, token: str) -> ImageRecord:
+        return self._write(lambda s: self._commit_in(s, new, token)).record()
+
+    def add(self, new: NewImage) -> ImageRecord:
+        key = ContentKey(new.milvus_id, new.sha256, new.file_path)
+
+        def tx(s: Session) -> Image:
+            token = self._pin_in(s, key, 1, lease_s=float("inf"))
+            if token is None:
+                raise StoreUnavailable("this content is being deleted; retry", "metadata")
+            return self._commit_in(s, new, token)
+
+        return self._write(tx).record()
+
+    def _drop_one(self, s: Session, milvus_id: int, refs: int, pins: int) -> Purge | None:
+        """Apply a drop of one reference or pin to the locked row; the purge when it was last."""
+        row = self._locked(s, milvus_id)
+        if row is None:
+            return None
+        row.refs, row.pins = max(0, row.refs - refs), max(0, row.pins - pins)
+        row.updated_at = _now()
+        if row.refs + row.pins > 0:
+            return None
+        row.state, row.token = PURGING, _token()
+        return Purge(row.key(), row.token)
+
+    def release(self, milvus_id: int, token: str) -> Purge | None:
+        def tx(s: Session) -> Purge | None:
+            r = s.execute(
+                update(Content)
+                .where(Content.milvus_id == milvus_id, Content.token == token,
+                       Content.state == LIVE, Content.pins > 0)
+                .values(updated_at=_now())
+            )  # fmt: skip
+            if not _rowcount(r):
+                raise PinLost(f"the pin of content {milvus_id} is gone")
+            return self._drop_one(s, milvus_id, refs=0, pins=1)
+
+        return self._write(tx)
+
+    # -- purges -------------------------------------------------------------------------------
+    def claim(self, key: ContentKey, lease_s: float) -> Purge | None:
+        def tx(s: Session) -> Purge | None:
+            token = _token()
+            self._upsert(
+                s,
+                key,
+                {"refs": 0, "pins": 0, "state": PURGING, "token": token},
+                {"updated_at": Content.updated_at},
+            )  # a no-op that still locks the row
+            row = self._locked(s, key.milvus_id)
+            if row is None or row.state == LIVE:
+                return None
+            if row.token != token:
+                if not self._stale(row, lease_s):
+                    return None
+                logger.warning("taking over a stale purge of content %d", key.milvus_id)
+                row.token, row.updated_at = token, _now()
+                row.sha256 = row.sha256 or key.sha256
+                row.file_path = row.file_path or key.file_path
+            return Purge(row.key(), token)
+
+        return self._write(tx)
+
+    def content_state(self, milvus_id: int) -> str | None:
+        stmt = select(Content.state).where(Content.milvus_id == milvus_id)
+        return self._read(lambda s: s.scalars(stmt).first())
+
+    def end_purge(self, token: str, milvus_ids: Sequence[int] | None = None) -> int:
+        stmt = delete(Content).where(Content.token == token, Content.state == PURGING)
+        if milvus_ids is not None:
+            stmt = stmt.where(Content.milvus_id.in_(list(milvus_ids)))
+        return self._write(lambda s: _rowcount(s.execute(stmt)))
+
+    def abandon_purge(self, token: str, milvus_ids: Sequence[int]) -> int:
+        stmt = (
+            update(Content)
+            .where(Content.token == token, Content.state == PURGING,
+                   Content.milvus_id.in_(list(milvus_ids)))
+            .values(updated_at=ABANDONED_AT)
+        )  # fmt: skip
+        return self._write(lambda s: _rowcount(s.execute(stmt)))
+
+    # -- rows -----------------------------------------------------------------------------
     def get(self, meta_uuid: str) -> ImageRecord | None:
         def q(s: Session) -> ImageRecord | None:
             row = s.scalars(select(Image).where(Image.meta_uuid == meta_uuid)).first()
@@ -214,15 +487,39 @@ class SqlMetadataStore:
     def count(self) -> int:
         return self._read(lambda s: int(s.execute(select(func.count(Image.id))).scalar_one()))
 
-    def delete(self, meta_uuid: str) -> ImageRecord | None:
-        with self._session() as s:
-            row = s.scalars(select(Image).where(Image.meta_uuid == meta_uuid)).first()
-            if row is None:
+    def delete(self, meta_uuid: str) -> Removal | None:
+        while True:
+            rec = self.get(meta_uuid)
+            if rec is None:
                 return None
-            rec = row.record()
-            s.delete(row)
-            s.commit()
-            return rec
+            out = self._write(functools.partial(self._delete_in, rec=rec))
+            if out is not None:
+                return out
+            # The row changed between the read and the lock (deleted and re-added): again.
+
+    def _delete_in(self, s: Session, rec: ImageRecord) -> Removal | None:
+        mid = rec.milvus_id
+        # The lock first (content row, then the image row), as every writer takes them.
+        had_content = _rowcount(s.execute(
+            update(Content).where(Content.milvus_id == mid).values(updated_at=_now())
+        ))  # fmt: skip
+        stmt = select(Image).where(Image.meta_uuid == rec.meta_uuid).with_for_update()
+        row = s.scalars(stmt).first()
+        if row is None or row.id != rec.id:
+            return None
+        record = row.record()
+        s.delete(row)
+        s.flush()
+        if had_content:
+            return Removal(record, self._drop_one(s, mid, refs=1, pins=0))
+        # Rows older than the content table that create_schema did not see: count them now.
+        left = int(s.execute(
+            select(func.count(Image.id)).where(Image.milvus_id == mid).with_for_update()
+        ).scalar_one())  # fmt: skip
+        key = ContentKey(mid, record.sha256, record.file_path)
+        token = MIGRATED_TOKEN if left else _token()
+        s.add(_content_row(key, left, LIVE if left else PURGING, token))
+        return Removal(record, None if left else Purge(key, token))
 
     def references(self, sha256: str) -> int:
         stmt = select(func.count(Image.id)).where(Image.sha256 == sha256)
@@ -254,9 +551,96 @@ class SqlMetadataStore:
         rows = self._read(lambda s: [(str(a), int(b), str(c)) for a, b, c in s.execute(stmt)])
         yield from rows
 
-    def delete_all(self) -> int:
-        with self._session() as s:
-            result: CursorResult[Any] = s.execute(delete(Image))  # type: ignore[assignment]
-            n = result.rowcount
-            s.commit()
-            return int(n or 0)
+    def delete_all(self) -> Wipe:
+        token = _token()
+
+        def tx(s: Session) -> Wipe:
+            # Content rows first (the lock order); a new token invalidates every pin.
+            s.execute(update(Content).values(state=PURGING, token=token, refs=0, pins=0,
+                                             updated_at=_now()))  # fmt: skip
+            n = _rowcount(s.execute(delete(Image)))
+            keys = [r.key() for r in s.scalars(select(Content).where(Content.token == token))]
+            return Wipe(n, token, keys)
+
+        return self._write(tx)
+
+    # -- reconcile ----------------------------------------------------------------------------
+    def ref_drift(self, lease_s: float) -> list[RefDrift]:
+        def q(s: Session) -> list[RefDrift]:
+            counts = {int(m): (int(n), sha, path) for m, n, sha, path in s.execute(
+                select(Image.milvus_id, func.count(Image.id), func.min(Image.sha256),
+                       func.min(Image.file_path)).group_by(Image.milvus_id)
+            )}  # fmt: skip
+            now, out = _now(), []
+            for row in s.scalars(select(Content)):
+                rows = counts.pop(row.milvus_id, (0, "", ""))[0]
+                stale = self._stale(row, lease_s)
+                if row.refs != rows or (stale and (row.pins or row.state == PURGING)):
+                    age = (now - row.updated_at).total_seconds()
+                    out.append(RefDrift(row.key(), row.refs, rows, row.pins, row.state, age))
+            for mid, (rows, sha, path) in counts.items():
+                out.append(RefDrift(ContentKey(mid, sha, path), -1, rows, 0, "", 0.0))
+            return out
+
+        return self._read(q)
+
+    def repair_refs(self, lease_s: float) -> list[Purge]:
+        purges: list[Purge] = []
+        for drift in sorted(self.ref_drift(lease_s), key=lambda d: d.key.milvus_id):
+            purge = self._write(functools.partial(self._repair_in, key=drift.key, lease_s=lease_s))
+            if purge is not None:
+                purges.append(purge)
+        return purges
+
+    def _repair_in(self, s: Session, key: ContentKey, lease_s: float) -> Purge | None:
+        mid = key.milvus_id
+        had = _rowcount(s.execute(
+            update(Content).where(Content.milvus_id == mid).values(milvus_id=Content.milvus_id)
+        ))  # fmt: skip
+        rows = int(s.execute(
+            select(func.count(Image.id)).where(Image.milvus_id == mid).with_for_update()
+        ).scalar_one())  # fmt: skip
+        row = self._locked(s, mid) if had else None
+        if row is None:
+            if rows:
+                s.add(_content_row(key, rows, LIVE, _token()))
+            return None
+        stale = self._stale(row, lease_s)
+        if row.state == PURGING:
+            if not stale:
+                return None
+            row.token, row.updated_at = _token(), _now()  # take over a crashed purge
+            return Purge(row.key(), row.token)
+        if row.refs != rows:
+            logger.warning("content %d: refs %d but %d rows; repaired", mid, row.refs, rows)
+            row.refs = rows
+        if stale and row.pins:
+            logger.warning("content %d: %d pins older than %.0fs dropped", mid, row.pins, lease_s)
+            row.pins = 0
+        return self._drop_one(s, mid, refs=0, pins=0)
+
+
+def _rowcount(result: Any) -> int:
+    cursor: CursorResult[Any] = result
+    return int(cursor.rowcount or 0)
+
+
+def _content_row(key: ContentKey, refs: int, state: str, token: str) -> Content:
+    return Content(milvus_id=key.milvus_id, sha256=key.sha256, file_path=key.file_path,
+                   refs=refs, pins=0, state=state, token=token, updated_at=_now())  # fmt: skip
+
+
+def _image_row(new: NewImage) -> Image:
+    return Image(
+        meta_uuid=new.meta_uuid,
+        hash_code=new.hash_code,
+        sha256=new.sha256,
+        milvus_id=new.milvus_id,
+        file_name=new.file_name[:255],
+        file_path=new.file_path,
+        mime=new.mime,
+        size_bytes=new.size_bytes,
+        width=new.width,
+        height=new.height,
+        tags=tags_json(new.tags),
+    )

@@ -30,6 +30,8 @@ PROP_DIM = "ise.dim"
 # and a flush every second would litter it with tiny segments.
 FLUSH_ROWS = 256
 FLUSH_AFTER_S = 1.0
+# Milvus refuses a search for more hits than this (its topk limit), whatever the index.
+MAX_TOP_K = 16384
 
 
 class MilvusVectorIndex:
@@ -182,7 +184,7 @@ class MilvusVectorIndex:
                 data=[np.asarray(vector, dtype=np.float32).tolist()],
                 limit=limit,
                 output_fields=["id"],
-                search_params={"metric_type": "L2", "params": self.search_params},
+                search_params={"metric_type": "L2", "params": self.search_params_for(limit)},
                 consistency_level=self.consistency_level,
                 timeout=self.timeout_s,
             )
@@ -190,6 +192,18 @@ class MilvusVectorIndex:
             return [VectorHit(int(h["id"]), float(h["distance"])) for h in hits]
 
         return self._call("search", run)
+
+    def search_params_for(self, limit: int) -> dict[str, Any]:
+        """The configured search parameters, made valid for a search for `limit` hits."""
+        params = dict(self.search_params)
+        if self.index_type == "HNSW":
+            # ef is HNSW's candidate list: a Milvus server rejects a search whose ef is below
+            # the number of hits asked for ("ef(128) should be larger than k(300)"), so a large
+            # page failed in production only (Milvus Lite ignores HNSW parameters). Raising ef
+            # to the limit is the least that answers; the configured ef stays the floor for
+            # recall. Above MAX_TOP_K the search fails on top-k whatever ef is.
+            params["ef"] = max(int(params.get("ef", 0)), min(limit, MAX_TOP_K))
+        return params
 
     def get(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
         if not ids:

@@ -11,6 +11,7 @@ import pytest
 from image_search.errors import Conflict, StoreUnavailable
 from image_search.records import NewImage, milvus_id_for, object_key_for
 from image_search.stores import MetadataStore, open_metadata
+from image_search.stores.base import LIVE, PURGING, ContentKey, PinLost
 from tests.contract.conftest import settings, unique
 from tests.servers import MariaDB
 
@@ -76,15 +77,187 @@ def test_shared_content_references_and_delete(metadata_store: MetadataStore) -> 
         [(a.sha256, a.milvus_id, a.file_path), (c.sha256, c.milvus_id, c.file_path)]
     )
     deleted = metadata_store.delete("a")
-    assert deleted is not None and deleted.meta_uuid == "a"
+    assert deleted is not None and deleted.record.meta_uuid == "a"
+    assert deleted.purge is None  # "b" still references the content
     assert metadata_store.delete("a") is None
     assert metadata_store.references(b.sha256) == 1
-    assert metadata_store.delete_all() == 2
+    wipe = metadata_store.delete_all()
+    assert wipe.rows == 2 and {k.milvus_id for k in wipe.contents} == {a.milvus_id, c.milvus_id}
     assert metadata_store.count() == 0
 
 
 def test_ping(metadata_store: MetadataStore) -> None:
     metadata_store.ping()
+
+
+# -- the content table: pins, commits, purges ---------------------------------------------------
+def key_of(new: NewImage) -> ContentKey:
+    return ContentKey(new.milvus_id, new.sha256, new.file_path)
+
+
+def age(store: MetadataStore, milvus_id: int, seconds: float) -> None:
+    """Backdate a content row, as if its writer or purger had stopped that long ago."""
+    from sqlalchemy import update
+
+    from image_search.stores.metadata import Content
+
+    engine = store.engine  # type: ignore[attr-defined]
+    with engine.begin() as conn:
+        conn.execute(update(Content).where(Content.milvus_id == milvus_id).values(
+            updated_at=datetime.now(UTC) - timedelta(seconds=seconds)))  # fmt: skip
+
+
+def test_last_reference_gone_starts_exactly_one_purge(metadata_store: MetadataStore) -> None:
+    a, b = new_image(1, "a", content=7), new_image(2, "b", content=7)
+    tokens = metadata_store.pin([key_of(a), key_of(b)], lease_s=60)  # two pins, one content
+    token = tokens[a.milvus_id]
+    metadata_store.commit(a, token)
+    assert metadata_store.release(a.milvus_id, token) is None  # "a" still references it
+    removal = metadata_store.delete("a")
+    assert removal is not None and removal.purge is not None  # refs and pins are now 0
+    assert metadata_store.content_state(a.milvus_id) == PURGING
+    # While purging, writers of that content are held off, and so is another purger.
+    assert metadata_store.pin([key_of(b)], lease_s=60) == {}
+    assert metadata_store.hold(a.milvus_id) is None
+    assert metadata_store.claim(key_of(a), lease_s=60) is None
+    assert metadata_store.end_purge(removal.purge.token, [a.milvus_id]) == 1
+    assert metadata_store.content_state(a.milvus_id) is None
+    assert b.milvus_id in metadata_store.pin([key_of(b)], lease_s=60)  # a new generation
+
+
+def test_commit_fails_once_delete_all_invalidated_the_pin(metadata_store: MetadataStore) -> None:
+    a = new_image(1, "a")
+    token = metadata_store.pin([key_of(a)], lease_s=60)[a.milvus_id]
+    wipe = metadata_store.delete_all()
+    assert [k.milvus_id for k in wipe.contents] == [a.milvus_id]
+    with pytest.raises(PinLost):
+        metadata_store.commit(a, token)
+    with pytest.raises(PinLost):
+        metadata_store.release(a.milvus_id, token)
+    assert metadata_store.count() == 0
+    assert metadata_store.end_purge(wipe.token) == 1
+
+
+def test_conflict_keeps_the_pin_and_changes_nothing(metadata_store: MetadataStore) -> None:
+    metadata_store.add(new_image(1, "same"))
+    other = new_image(2, "same")
+    token = metadata_store.pin([key_of(other)], lease_s=60)[other.milvus_id]
+    with pytest.raises(Conflict):
+        metadata_store.commit(other, token)
+    purge = metadata_store.release(other.milvus_id, token)  # the pin was still there
+    assert purge is not None and purge.key.file_path == other.file_path
+    assert metadata_store.count() == 1 and metadata_store.ref_drift(60) == []
+
+
+def test_claims_never_take_live_or_pinned_content(metadata_store: MetadataStore) -> None:
+    live, pinned = new_image(1, "live"), new_image(2, "pinned")
+    metadata_store.add(live)
+    token = metadata_store.pin([key_of(pinned)], lease_s=60)[pinned.milvus_id]
+    assert metadata_store.claim(key_of(live), lease_s=0) is None
+    assert metadata_store.claim(key_of(pinned), lease_s=0) is None
+    metadata_store.commit(pinned, token)
+    orphan = metadata_store.claim(ContentKey(4242), lease_s=60)  # a lone vector
+    assert orphan is not None and metadata_store.content_state(4242) == PURGING
+    assert metadata_store.pin([ContentKey(4242, "f" * 64, "x")], lease_s=60) == {}
+    metadata_store.end_purge(orphan.token)
+    assert metadata_store.content_state(4242) is None
+
+
+def test_a_stale_purge_is_taken_over(metadata_store: MetadataStore) -> None:
+    a = new_image(1, "a")
+    crashed = metadata_store.claim(key_of(a), lease_s=60)
+    assert crashed is not None
+    assert metadata_store.pin([key_of(a)], lease_s=60) == {}  # young: wait for it
+    age(metadata_store, a.milvus_id, 120)
+    token = metadata_store.pin([key_of(a)], lease_s=60)[a.milvus_id]  # old: its purger died
+    assert metadata_store.content_state(a.milvus_id) == LIVE
+    metadata_store.commit(a, token)
+    assert metadata_store.end_purge(crashed.token) == 0  # the crashed purger lost its claim
+    assert metadata_store.get("a") is not None and metadata_store.ref_drift(60) == []
+
+
+def test_an_abandoned_purge_is_taken_over_at_once(metadata_store: MetadataStore) -> None:
+    a = new_image(1, "a")
+    failed = metadata_store.claim(key_of(a), lease_s=60)
+    assert failed is not None
+    assert metadata_store.abandon_purge("another-token", [a.milvus_id]) == 0  # not its claim
+    assert metadata_store.pin([key_of(a)], lease_s=60) == {}
+    assert metadata_store.abandon_purge(failed.token, [a.milvus_id]) == 1  # a store was down
+    token = metadata_store.pin([key_of(a)], lease_s=60)[a.milvus_id]  # no lease to wait out
+    metadata_store.commit(a, token)
+    assert metadata_store.get("a") is not None and metadata_store.ref_drift(60) == []
+
+
+def test_stale_pins_and_drifted_refs_are_repaired(metadata_store: MetadataStore) -> None:
+    kept, crashed = new_image(1, "kept"), new_image(2, "crashed")
+    metadata_store.add(kept)
+    metadata_store.pin([key_of(crashed)], lease_s=60)  # a writer that died before committing
+    assert metadata_store.ref_drift(lease_s=60) == []  # young pins are writers in flight
+    age(metadata_store, crashed.milvus_id, 120)
+    drift = metadata_store.ref_drift(lease_s=60)
+    assert [(d.key.milvus_id, d.pins, d.rows) for d in drift] == [(crashed.milvus_id, 1, 0)]
+    purges = metadata_store.repair_refs(lease_s=60)
+    assert [p.key.milvus_id for p in purges] == [crashed.milvus_id]
+    metadata_store.end_purge(purges[0].token)
+    assert metadata_store.ref_drift(lease_s=60) == []
+    assert metadata_store.content_state(kept.milvus_id) == LIVE
+
+
+def test_existing_rows_are_counted_when_the_content_table_is_new(
+    metadata_store: MetadataStore,
+) -> None:
+    """A database from before the content table: its rows keep their data."""
+    from image_search.stores.metadata import Content
+
+    for n, content in ((1, 7), (2, 7), (3, 8)):
+        metadata_store.add(new_image(n, content=content))
+    engine = metadata_store.engine  # type: ignore[attr-defined]
+    Content.__table__.drop(engine)
+    metadata_store.create_schema()
+    assert metadata_store.ref_drift(lease_s=60) == []
+    shared = new_image(1, content=7)
+    assert metadata_store.delete("uuid-1").purge is None  # type: ignore[union-attr]
+    removal = metadata_store.delete("uuid-2")
+    assert removal is not None and removal.purge is not None
+    assert removal.purge.key == key_of(shared)
+
+
+def test_concurrent_writers_in_separate_connections_keep_exact_counts(
+    metadata_store: MetadataStore,
+) -> None:
+    """Pools of their own, as replicas have: pins, commits, releases and deletes interleave."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    uri = metadata_store.uri  # type: ignore[attr-defined]
+    stores = [open_metadata(settings(metadata_uri=uri, connect_timeout_s=2.0)) for _ in range(4)]
+
+    def work(w: int) -> None:
+        st = stores[w]
+        for i in range(15):
+            new = new_image(100 * w + i, f"w{w}-{i}", content=i % 3)
+            deadline, tokens = time.monotonic() + 20, {}
+            while not tokens and time.monotonic() < deadline:  # another worker's purge
+                tokens = st.pin([key_of(new)], lease_s=60)
+            token = tokens[new.milvus_id]
+            if i % 4 == 3:
+                purge = st.release(new.milvus_id, token)
+            else:
+                st.commit(new, token)
+                purge = st.delete(new.meta_uuid).purge if i % 2 else None  # type: ignore[union-attr]
+            if purge is not None:
+                st.end_purge(purge.token, [purge.key.milvus_id])
+
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(work, range(4)))
+    finally:
+        for st in stores:
+            st.engine.dispose()  # type: ignore[attr-defined]
+    assert metadata_store.ref_drift(lease_s=60) == []
+    for content in range(3):
+        mid = new_image(0, content=content).milvus_id
+        rows = len(metadata_store.by_milvus_ids([mid]).get(mid, []))
+        assert metadata_store.content_state(mid) == (LIVE if rows else None)
 
 
 # -- MariaDB only -------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -43,6 +44,7 @@ def test_readme_run_command_serves(tmp_path: Path, photos: dict[str, bytes]) -> 
         "ISE__STORES__VECTORS_URI": f"{tmp_path}/vectors.db",
         "ISE__STORES__LITE_PORT": str(free_port()),
         "ISE_METRICS_PORT": str(metrics),
+        "ISE_DASHBOARD_PORT": str(free_port()),  # 8265 may be another cluster's here
     }
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
@@ -59,6 +61,7 @@ def test_readme_run_command_serves(tmp_path: Path, photos: dict[str, bytes]) -> 
                            data={"limit": "1"}).json()["data"]  # fmt: skip
         assert hits[0]["file_name"] == "coffee.jpg" and hits[0]["distance"] < 1e-3
         assert client.get("/docs").status_code == 200
+        lite_pid = json.loads((tmp_path / ".vectors.db.server.json").read_text())["pid"]
         # Ray exports metrics on an interval: poll until Serve's request counters appear.
         deadline, prom = time.monotonic() + 90, ""
         while "ray_serve_num_http_requests" not in prom and time.monotonic() < deadline:
@@ -86,4 +89,20 @@ def test_readme_run_command_serves(tmp_path: Path, photos: dict[str, bytes]) -> 
         time.sleep(0.5)
     else:
         pytest.fail("the service still answers after SIGTERM")
-    assert not (tmp_path / ".vectors.db.server.json").exists()
+    # ... and the Milvus Lite server it started stops too (bounded: the stop takes seconds).
+    state = tmp_path / ".vectors.db.server.json"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (state.exists() or alive(lite_pid)):
+        time.sleep(0.5)
+    if alive(lite_pid):
+        os.kill(lite_pid, signal.SIGKILL)  # leave nothing behind, then report it
+        pytest.fail("the Milvus Lite server outlived the service")
+    assert not state.exists()
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

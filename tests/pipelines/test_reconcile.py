@@ -1,14 +1,22 @@
-"""reconcile: planted orphans and a missing vector are reported, then fixed (grace respected)."""
+"""reconcile: planted orphans and a missing vector are reported, then fixed (grace respected);
+uploads in flight keep their data; crashed writers' pins are reported and purged."""
 
 from __future__ import annotations
 
 import hashlib
+import io
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from image_search.records import milvus_id_for, object_key_for, thumbnail_key_for
+from image_search.imaging import content_info
+from image_search.indexing import LEASE_S, IndexService, IngestItem, content_key
+from image_search.records import milvus_id_for, new_image, object_key_for, thumbnail_key_for
+from image_search.stores import Stores
 from pipelines import backfill, reconcile
 from tests.pipelines.conftest import (
     SMALL,
@@ -77,4 +85,65 @@ def test_reconcile_reports_then_fixes(
     assert final["after"] == {**final["after"], "orphan_vectors": 0, "orphan_objects": 0,
                               "rows_without_vector": 0, "vectors": 6, "rows": 6}  # fmt: skip
     assert st.objects.exists(live_thumb) and st.objects.exists("exports/notes.txt")
+    assert reconcile.run(settings)["consistent"] is True
+
+
+def _backdate(st: Stores, milvus_id: int, seconds: float) -> None:
+    """As if the content's last writer had stopped `seconds` ago."""
+    from sqlalchemy import update
+
+    from image_search.stores.metadata import Content
+
+    with st.metadata.engine.begin() as conn:  # type: ignore[attr-defined]
+        conn.execute(
+            update(Content)
+            .where(Content.milvus_id == milvus_id)
+            .values(updated_at=datetime.now(UTC) - timedelta(seconds=seconds))
+        )
+
+
+def _upload(seed: int, meta_uuid: str) -> IngestItem:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(buf, format="PNG")
+    data = buf.getvalue()
+    return IngestItem(new_image(content_info(data), meta_uuid, f"{seed}.png", 32, 32), data,
+                      _unit(seed)[0])  # fmt: skip
+
+
+def test_reconcile_fix_racing_uploads_and_crashed_writers(data_dir: Path) -> None:
+    """No Ray needed: nothing here lacks its vector. An upload between its writes and its
+    commit looks like an orphan to the scan; with no grace at all, its pin still keeps it."""
+    settings = settings_for(store_overrides(data_dir))
+    svc = IndexService.from_settings(settings)
+    svc.ensure_stores()
+    reports: list[dict[str, Any]] = []
+    real_upsert = svc.stores.vectors.upsert
+
+    def upsert_then_reconcile(ids: Any, vectors: Any) -> None:
+        real_upsert(ids, vectors)
+        reports.append(reconcile.run(settings, fix=True, grace_s=0))
+
+    svc.stores.vectors.upsert = upsert_then_reconcile  # type: ignore[method-assign]
+    rec = svc.ingest(_upload(1, "in-flight"))
+    svc.stores.vectors.upsert = real_upsert  # type: ignore[method-assign]
+    (mid_flight,) = reports
+    assert mid_flight["orphan_objects"] == [rec.file_path]  # the scan saw it unreferenced...
+    assert mid_flight["fix"]["objects_deleted"] == 0 and mid_flight["fix"]["vectors_deleted"] == 0
+    st = stores_for(settings)
+    assert st.objects.exists(rec.file_path) and st.vectors.get([rec.milvus_id])  # ...and kept it
+
+    # A writer that died between its writes and its commit: its pin is reported once stale.
+    crashed = _upload(2, "crashed")
+    st.metadata.pin([content_key(crashed.new)], lease_s=60)
+    svc._write_data([crashed])
+    assert reconcile.run(settings, grace_s=0)["counts"]["ref_drift"] == 0  # may be in flight
+    _backdate(st, crashed.new.milvus_id, LEASE_S + 1)
+    report = reconcile.run(settings, grace_s=0)
+    assert report["consistent"] is False and report["counts"]["ref_drift"] == 1
+    assert report["ref_drift"][0]["key"]["milvus_id"] == crashed.new.milvus_id
+    fixed = reconcile.run(settings, fix=True, grace_s=0)
+    assert fixed["fix"]["contents_purged"] == 1
+    assert not st.objects.exists(crashed.new.file_path)
+    assert not st.vectors.get([crashed.new.milvus_id])
     assert reconcile.run(settings)["consistent"] is True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -50,12 +51,16 @@ def _poll(what: str, check: Callable[[], bool], proc: subprocess.Popen[bytes], l
     raise TimeoutError(f"{what} not ready after {timeout}s:\n{_tail(log)}")
 
 
-def _die_with_parent() -> None:
-    """In the child: SIGTERM when the test process dies, so no server outlives a killed run."""
-    if sys.platform.startswith("linux"):
-        import ctypes
+def _dying_with_parent(cmd: list[str]) -> list[str]:
+    """cmd, made to get SIGTERM when the test process dies, so no server outlives a killed run.
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    setpriv sets PR_SET_PDEATHSIG and execs cmd. Not a preexec_fn: that forces a plain fork
+    running Python in the child, which aborts now and then once gRPC threads (pymilvus clients
+    of earlier tests) live in this process; without one, Popen uses vfork and runs no fork
+    handlers at all.
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", *cmd] if setpriv else cmd
 
 
 def _tail(log: Path, n: int = 3000) -> str:
@@ -110,8 +115,8 @@ class ManagedServer:
         cmd, env = self._command()
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, **env}, cwd=self.cwd, preexec_fn=_die_with_parent,
+                _dying_with_parent(cmd), stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, env={**os.environ, **env}, cwd=self.cwd,
             )  # fmt: skip
         started = time.monotonic()
         _poll(self.name, self._ready, self.proc, self.log, self.start_timeout)

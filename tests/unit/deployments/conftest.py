@@ -49,13 +49,14 @@ class Service:
     """One app and what is behind it, for assertions on the stores too."""
 
     def __init__(self, tmp: Path, embedder: FakeEmbedder, **overrides: Any) -> None:
+        overrides = {"server.thumbnail_size": 64, **overrides}
         self.settings: Settings = load_settings(environ={}, overrides=overrides)
         self.vectors = MemoryVectorIndex(model_id=MODEL_ID)
         stores = Stores(
             SqlMetadataStore(f"sqlite:///{tmp}/meta.db"), LocalObjectStore(tmp / "objects"),
             self.vectors,
         )  # fmt: skip
-        self.svc = IndexService(stores, thumbnail_size=64)
+        self.svc = IndexService(stores, thumbnail_size=self.settings.server.thumbnail_size)
         self.svc.ensure_stores()
         self.embedder = embedder
         decoder = Decoder.func_or_class(settings_to_json(self.settings))

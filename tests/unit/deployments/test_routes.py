@@ -158,8 +158,8 @@ def test_delete_one_and_delete_all(client: TestClient, service: Service) -> None
 def test_delete_all_needs_the_admin_token_when_one_is_set(make_service: Any) -> None:
     service = make_service(**{"server.admin_token": "s3cret-token"})
     upload(service.client, jpeg(1))
-    fails(service.client.delete("/meta/image/images"), 400)
-    fails(service.client.delete("/meta/image/images", headers={"x-admin-token": "wrong"}), 400)
+    fails(service.client.delete("/meta/image/images"), 401)
+    fails(service.client.delete("/meta/image/images", headers={"x-admin-token": "wrong"}), 401)
     assert service.svc.counts() == (1, 1)
     ok = service.client.delete("/meta/image/images", headers={"x-admin-token": "s3cret-token"})
     assert ok.json()["deleted"] == 1

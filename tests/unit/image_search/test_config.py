@@ -60,6 +60,9 @@ def test_production_refuses_default_secrets() -> None:
     with pytest.raises(ConfigError, match="S3 secret"):
         load_settings(ROOT / "config.yaml", environ=env)
     env["ISE__STORES__S3_SECRET_KEY"] = "a-real-secret-value"
+    # No admin token is fine (admin keys delete all); a well-known one is not.
+    assert load_settings(ROOT / "config.yaml", environ=env).keys_required
+    env["ISE__SERVER__ADMIN_TOKEN"] = "changeme"
     with pytest.raises(ConfigError, match="ADMIN_TOKEN"):
         load_settings(ROOT / "config.yaml", environ=env)
     env["ISE__SERVER__ADMIN_TOKEN"] = "a-long-random-token"

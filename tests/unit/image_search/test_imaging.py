@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -169,3 +170,247 @@ def test_thumbnail_is_small_jpeg() -> None:
     thumb = thumbnail_jpeg(encode(two_tone(1200, 800), "PNG"), 256, MAX_PIXELS)
     im = Image.open(io.BytesIO(thumb))
     assert im.format == "JPEG" and max(im.size) == 256
+
+
+# --- HEIC / AVIF -------------------------------------------------------------------------
+
+
+def photo() -> Image.Image:
+    from skimage import data as samples
+
+    return Image.fromarray(samples.astronaut()).resize((320, 320), Image.Resampling.LANCZOS)
+
+
+@pytest.mark.parametrize(("fmt", "ext", "mime"), [("HEIF", "heic", "image/heic"),
+                                                  ("AVIF", "avif", "image/avif")])  # fmt: skip
+def test_heic_and_avif_decode_like_the_jpeg_of_the_same_photo(
+    fmt: str, ext: str, mime: str
+) -> None:
+    # HEIC is written by pillow-heif (registered by imaging); AVIF by Pillow's own libavif
+    # plugin, since pillow-heif >= 1.0 no longer carries AVIF.
+    data = encode(photo(), fmt, quality=90)
+    info = content_info(data)
+    assert (info.ext, info.mime) == (ext, mime)
+    out = decode(data, SPEC, MAX_PIXELS)
+    reference = decode(encode(photo(), "JPEG", quality=90), SPEC, MAX_PIXELS)
+    assert out.pixels.shape == reference.pixels.shape == (224, 224, 3)
+    assert (out.width, out.height) == (320, 320)
+    # Both are lossy codings of one photo: close, pixel for pixel, but not equal.
+    diff = np.abs(out.pixels.astype(float) - reference.pixels.astype(float))
+    assert diff.mean() < 4.0
+    thumb = Image.open(io.BytesIO(thumbnail_jpeg(data, 64, MAX_PIXELS)))
+    assert thumb.format == "JPEG" and thumb.size == (64, 64)
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF", "JPEG"])
+def test_heic_and_avif_orientation_is_applied_like_jpeg(fmt: str) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    data = encode(two_tone(300, 200), fmt, exif=exif.tobytes(), quality=90)
+    rgb, size = open_rgb(data, MAX_PIXELS)
+    assert size == rgb.size == (200, 300)
+    arr = np.asarray(rgb).astype(int)
+    # Red was the left half; turned clockwise it is the top half.
+    assert arr[:100, :, 0].mean() > 200 and arr[:100, :, 2].mean() < 50
+    assert arr[200:, :, 2].mean() > 200 and arr[200:, :, 0].mean() < 50
+
+
+def ftyp(major: bytes, *compatible: bytes) -> bytes:
+    body = b"ftyp" + major + b"\x00\x00\x00\x00" + b"".join(compatible)
+    return (len(body) + 4).to_bytes(4, "big") + body + b"\x00\x00\x00\x08meta"
+
+
+@pytest.mark.parametrize(
+    ("header", "ext", "mime"),
+    [
+        (ftyp(b"heic", b"mif1", b"heic"), "heic", "image/heic"),
+        (ftyp(b"heix", b"mif1"), "heic", "image/heic"),
+        (ftyp(b"hevc", b"msf1"), "heic", "image/heic"),
+        (ftyp(b"mif1", b"mif1", b"heic"), "heic", "image/heic"),
+        (ftyp(b"avif", b"mif1", b"miaf"), "avif", "image/avif"),
+        (ftyp(b"avis", b"msf1"), "avif", "image/avif"),
+        (ftyp(b"mif1", b"avif", b"miaf"), "avif", "image/avif"),
+        (ftyp(b"mif1"), "heif", "image/heif"),
+    ],
+)
+def test_isobmff_brands_are_sniffed(header: bytes, ext: str, mime: str) -> None:
+    assert sniff(header) == (ext, mime)
+
+
+@pytest.mark.parametrize("major", [b"isom", b"mp42", b"qt  ", b"crx ", b"M4A "])
+def test_video_and_other_isobmff_files_are_unsupported(major: bytes) -> None:
+    with pytest.raises(UnsupportedImage):
+        sniff(ftyp(major, b"isom", b"mp41"))
+
+
+def test_heic_and_avif_are_refused_with_a_hint_when_their_codecs_are_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    from PIL import features
+
+    from image_search import imaging
+
+    heic = encode(photo(), "HEIF")
+    avif = encode(photo(), "AVIF")
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)  # `import pillow_heif` now fails
+    monkeypatch.setattr(features, "check", lambda feature: False)  # no libavif either
+    missing = imaging._optional_decoders()
+    assert set(missing) == {"heic", "heif", "avif"}
+    monkeypatch.setattr(imaging, "_UNAVAILABLE", missing)
+    for data, hint in ((heic, "pip install pillow-heif"), (avif, "libavif")):
+        with pytest.raises(UnsupportedImage, match=hint):
+            content_info(data)  # the upload route's first look: a 415 before any work
+        with pytest.raises(UnsupportedImage, match=hint) as err:
+            decode(data, SPEC, MAX_PIXELS)
+        assert err.value.status == 415
+    # Everything else is untouched.
+    assert decode(encode(two_tone(), "JPEG"), SPEC, MAX_PIXELS).pixels.shape == (224, 224, 3)
+
+
+def test_heic_is_stored_and_served_under_its_own_extension_and_mime() -> None:
+    from deployments.responses import mime_for
+    from image_search.imaging import SUPPORTED_EXTENSIONS
+    from image_search.records import object_key_for, valid_object_key
+
+    info = content_info(encode(photo(), "HEIF"))
+    key = object_key_for(info.sha256, info.ext)
+    assert key.endswith(".heic") and valid_object_key(key)
+    assert mime_for(key) == "image/heic"
+    # The folder walks (CLI, backfill) pick the files up too; iPhones write .HEIC.
+    assert {"heic", "heif", "avif"} <= SUPPORTED_EXTENSIONS
+
+
+def test_every_sniffed_format_is_served_with_its_mime() -> None:
+    from deployments.responses import mime_for
+    from image_search.imaging import _FORMATS
+
+    for ext, fmt in _FORMATS.items():
+        assert mime_for(f"meta/image/{'0' * 64}.{ext}") == fmt.mime
+
+
+# --- malformed input maps to domain errors, and only it --------------------------------------
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        OSError("broken data stream"),
+        EOFError(),
+        SyntaxError("not a TIFF file"),
+        ValueError("tile cannot extend outside image"),
+        TypeError("Missing dimensions"),
+        KeyError(273),
+        IndexError("index out of range"),
+        __import__("struct").error("unpack requires a buffer of 4 bytes"),
+        ZeroDivisionError("division by zero"),
+        OverflowError("Python int too large"),
+        AttributeError("'NoneType' object has no attribute 'read'"),
+        RuntimeError("Failed to decode image: Missing or empty image item"),
+        UserWarning("Corrupt EXIF data"),  # only ever raised when a process escalates warnings
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_what_pil_raises_on_malformed_input_is_a_400(
+    monkeypatch: pytest.MonkeyPatch, exc: Exception
+) -> None:
+    def broken(*args: object, **kwargs: object) -> Image.Image:
+        raise exc
+
+    monkeypatch.setattr(Image, "open", broken)
+    with pytest.raises(InvalidImage, match=type(exc).__name__) as err:
+        decode(encode(two_tone(), "PNG"), SPEC, MAX_PIXELS)
+    assert err.value.status == 400 and err.value.__cause__ is exc
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        Image.DecompressionBombError("too many pixels"),
+        RuntimeError("Memory allocation error: Security limit exceeded: Image size 64x134217792"),
+    ],
+    ids=["pil-bomb", "libheif-limit"],
+)
+def test_codec_size_limits_are_a_413(monkeypatch: pytest.MonkeyPatch, exc: Exception) -> None:
+    def broken(*args: object, **kwargs: object) -> Image.Image:
+        raise exc
+
+    monkeypatch.setattr(Image, "open", broken)
+    with pytest.raises(ImageTooLarge):
+        decode(encode(two_tone(), "PNG"), SPEC, MAX_PIXELS)
+
+
+@pytest.mark.parametrize("exc", [MemoryError(), RecursionError(), NameError("a bug of ours")])
+def test_programmer_and_resource_errors_are_not_disguised_as_bad_files(
+    monkeypatch: pytest.MonkeyPatch, exc: Exception
+) -> None:
+    def broken(*args: object, **kwargs: object) -> Image.Image:
+        raise exc
+
+    monkeypatch.setattr(Image, "open", broken)
+    with pytest.raises(type(exc)):
+        decode(encode(two_tone(), "PNG"), SPEC, MAX_PIXELS)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "plugin"),
+    [("JPEG", "JPEG"), ("PNG", "PNG"), ("GIF", "GIF"), ("BMP", "BMP"), ("TIFF", "TIFF"),
+     ("WEBP", "WEBP"), ("HEIF", "HEIF"), ("AVIF", "AVIF")],
+)  # fmt: skip
+def test_only_the_sniffed_formats_plugin_parses_the_bytes(
+    monkeypatch: pytest.MonkeyPatch, fmt: str, plugin: str
+) -> None:
+    seen: list[object] = []
+    real_open = Image.open
+
+    def spy(
+        fp: io.BytesIO, mode: Literal["r"] = "r", formats: list[str] | None = None
+    ) -> Image.Image:
+        seen.append(formats)
+        return real_open(fp, mode, formats)
+
+    monkeypatch.setattr(Image, "open", spy)
+    decode(encode(two_tone(), fmt), SPEC, MAX_PIXELS)
+    assert seen == [[plugin]]
+
+
+def test_codec_messages_are_kept_short(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object, **kwargs: object) -> Image.Image:
+        raise ValueError("x" * 10_000)
+
+    monkeypatch.setattr(Image, "open", broken)
+    with pytest.raises(InvalidImage) as err:
+        decode(encode(two_tone(), "PNG"), SPEC, MAX_PIXELS)
+    assert len(err.value.message) < 300
+
+
+# --- extreme aspect ratios ------------------------------------------------------------------
+
+
+def test_a_one_pixel_high_strip_does_not_blow_up_the_resize() -> None:
+    # 40000x1 is 40k pixels, far under the limit; scaled so its short side is 256 it would be
+    # over ten billion pixels.
+    data = encode(Image.new("RGB", (40_000, 1), (10, 200, 30)), "PNG")
+    out = decode(data, SPEC, MAX_PIXELS)
+    assert out.pixels.shape == (224, 224, 3) and (out.width, out.height) == (40_000, 1)
+    assert np.abs(out.pixels.reshape(-1, 3).mean(axis=0) - (10, 200, 30)).max() < 1
+
+
+@pytest.mark.parametrize("size", [(3000, 100), (100, 2500), (1700, 90)])
+def test_cutting_a_long_strip_first_leaves_the_model_input_as_it_was(
+    size: tuple[int, int],
+) -> None:
+    from image_search.imaging import resize_crop
+
+    rng = np.random.default_rng(1)
+    im = Image.fromarray(rng.integers(0, 255, (size[1] // 10, size[0] // 10, 3), np.uint8))
+    im = im.resize(size, Image.Resampling.BICUBIC)
+    # The plain way: resize the whole strip, then take the centre.
+    w, h = size
+    scale = SPEC.resize / min(w, h)
+    nw, nh = max(SPEC.crop, round(w * scale)), max(SPEC.crop, round(h * scale))
+    whole = im.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=None)
+    left, top = (nw - SPEC.crop) // 2, (nh - SPEC.crop) // 2
+    plain = np.asarray(whole.crop((left, top, left + SPEC.crop, top + SPEC.crop)), float)
+    assert np.abs(resize_crop(im, SPEC).astype(float) - plain).mean() < 3.0

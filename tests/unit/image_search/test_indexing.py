@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ from PIL import Image
 
 from image_search.errors import Conflict, NotFound, StoreUnavailable
 from image_search.imaging import content_info
-from image_search.indexing import IndexService, IngestItem
+from image_search.indexing import IndexService, IngestItem, content_key
 from image_search.planning import PlanItem
 from image_search.records import NewImage, object_key_for, thumbnail_key_for
 from image_search.stores import Stores
@@ -126,24 +128,37 @@ def test_known_content_without_vector_is_refused(svc: IndexService) -> None:
     assert svc.stores.metadata.count() == 0
 
 
-def test_failed_vector_write_leaves_nothing_visible(svc: IndexService) -> None:
-    class Down:
-        name = "vectors"
+class Down:
+    """A store that is down: every call answers 503."""
 
-        def __getattr__(self, _: str) -> object:
-            def fail(*a: object, **k: object) -> None:
-                raise StoreUnavailable("vector index unavailable (test)", "vectors")
+    def __init__(self, name: str) -> None:
+        self.name = name
 
-            return fail
+    def __getattr__(self, _: str) -> object:
+        def fail(*a: object, **k: object) -> None:
+            raise StoreUnavailable(f"{self.name} unavailable (test)", self.name)
 
-    real = svc.stores.vectors
-    svc.stores = Stores(svc.stores.metadata, svc.stores.objects, Down())  # type: ignore[arg-type]
+        return fail
+
+
+@pytest.mark.parametrize("store", ["vectors", "objects"])
+def test_failed_write_leaves_nothing_visible_and_a_retry_needs_no_wait(
+    svc: IndexService, store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = svc.stores
+    svc.stores = dataclasses.replace(real, **{store: Down(store)})
     try:
         with pytest.raises(StoreUnavailable):
             svc.ingest(item(11))
-        assert svc.stores.metadata.count() == 0  # no row: the image never became visible
+        assert real.metadata.count() == 0  # no row: the image never became visible
     finally:
-        svc.stores = Stores(svc.stores.metadata, svc.stores.objects, real)
+        svc.stores = real
+    # The purge of what was written failed too (the store was down): it must not make the
+    # retry wait out the lease once the store is back. No wait is allowed here at all.
+    monkeypatch.setattr("image_search.indexing.PIN_WAIT_S", 0.0)
+    assert svc.ingest(item(11)).meta_uuid == item(11).new.meta_uuid
+    assert fully_stored(svc, item(11).new.meta_uuid)
+    assert svc.stores.metadata.ref_drift(60) == []
 
 
 def test_orphan_vectors_are_ignored_by_search(svc: IndexService) -> None:
@@ -159,3 +174,121 @@ def test_delete_all(svc: IndexService) -> None:
     assert svc.delete_all() == 3
     assert svc.counts() == (0, 0)
     assert list(svc.stores.objects.keys()) == []
+
+
+# -- races between processes, made deterministic ------------------------------------------------
+# Two IndexServices with their own connections on the same SQLite file and object folder are two
+# replicas (or a replica and a job): nothing in-process is shared but the vector index, which is
+# one server for every process in production. A hook runs the other writer between two steps.
+@pytest.fixture
+def other(svc: IndexService, tmp_path: Path) -> IndexService:
+    stores = Stores(
+        SqlMetadataStore(f"sqlite:///{tmp_path}/meta.db", 5.0),
+        LocalObjectStore(tmp_path / "objects"),
+        svc.stores.vectors,
+    )
+    return IndexService(stores, thumbnail_size=64)
+
+
+def after_vector_upsert(svc: IndexService, action: Callable[[], object]) -> None:
+    """Run `action` once, right after svc's next vector upsert (before the row is committed)."""
+    vectors = svc.stores.vectors
+    real = vectors.upsert
+
+    def hooked(ids: Sequence[int], vecs: np.ndarray) -> None:
+        real(ids, vecs)
+        vectors.upsert = real  # type: ignore[method-assign]
+        action()
+
+    vectors.upsert = hooked  # type: ignore[method-assign]
+
+
+def fully_stored(svc: IndexService, meta_uuid: str) -> bool:
+    rec = svc.get(meta_uuid)
+    has_vector = bool(svc.stores.vectors.get([rec.milvus_id]))
+    return svc.stores.objects.exists(rec.file_path) and has_vector
+
+
+def leftovers(svc: IndexService) -> tuple[list[str], int]:
+    return sorted(svc.stores.objects.keys()), svc.stores.vectors.count()
+
+
+def test_delete_of_the_last_row_cannot_strip_an_upload_about_to_commit(
+    svc: IndexService, other: IndexService
+) -> None:
+    svc.ingest(item(5, "first"))
+    after_vector_upsert(svc, lambda: other.delete("first"))  # the last row of that content
+    rec = svc.ingest(item(5, "second"))  # same bytes: reuses the object, rewrites the vector
+    assert svc.stores.metadata.get("first") is None
+    assert rec.meta_uuid == "second" and fully_stored(svc, "second")
+    svc.delete("second")
+    assert leftovers(svc) == ([], 0)
+
+
+def test_delete_all_during_an_upload_leaves_no_row_and_nothing_behind(
+    svc: IndexService, other: IndexService
+) -> None:
+    svc.ingest(item(1, "old"))
+    after_vector_upsert(svc, other.delete_all)
+    result = svc.ingest_many([item(2, "in-flight")])[0]
+    assert isinstance(result, StoreUnavailable) and result.status == 503  # retryable
+    assert svc.stores.metadata.count() == 0
+    assert leftovers(svc) == ([], 0)
+    assert svc.ingest(item(2, "in-flight")).meta_uuid == "in-flight"  # the retry works
+
+
+def test_known_content_reused_while_its_last_row_goes(
+    svc: IndexService, other: IndexService
+) -> None:
+    """Planned as known (no vector sent); the last row is deleted before the pin: refused
+    with a retryable 503, and nothing stays behind."""
+    svc.ingest(item(8, "first"))
+    other.delete("first")
+    result = svc.ingest_many([item(8, "second", with_vector=False)])[0]
+    assert isinstance(result, StoreUnavailable)
+    assert svc.stores.metadata.count() == 0 and leftovers(svc) == ([], 0)
+
+
+def test_thumbnail_written_while_the_last_row_is_deleted_goes_too(
+    svc: IndexService, other: IndexService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import image_search.indexing as indexing
+
+    rec = svc.ingest(item(3, "thumbed"))
+    real = indexing.thumbnail_jpeg
+
+    def racing(*args: object) -> bytes:
+        other.delete("thumbed")
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(indexing, "thumbnail_jpeg", racing)
+    svc.thumbnail(rec.meta_uuid)
+    assert leftovers(svc) == ([], 0)
+
+
+def test_a_pin_blocks_orphan_deletion_and_a_crashed_pin_is_reclaimed(
+    svc: IndexService, other: IndexService
+) -> None:
+    it = item(6, "slow")
+    key = content_key(it.new)
+    verdicts: list[bool] = []
+    after_vector_upsert(svc, lambda: verdicts.append(other.purge_orphan(key)))
+    svc.ingest(it)
+    assert verdicts == [False] and fully_stored(svc, "slow")  # reconcile kept its data
+    # A writer that died after writing: its pin outlives the lease, then goes with its data.
+    crashed = item(7, "crashed")
+    svc.stores.metadata.pin([content_key(crashed.new)], lease_s=60)
+    svc._write_data([crashed])
+    assert not other.purge_orphan(content_key(crashed.new))
+    purges = other.stores.metadata.repair_refs(lease_s=0)
+    assert [p.key.milvus_id for p in purges] == [crashed.new.milvus_id]
+    for p in purges:
+        other.purge(p)
+    assert leftovers(svc) == ([it.new.file_path], 1)
+
+
+def test_conflict_releases_the_pin_and_its_fresh_data(svc: IndexService) -> None:
+    svc.ingest(item(1, "taken"))
+    assert isinstance(svc.ingest_many([item(2, "taken")])[0], Conflict)
+    assert leftovers(svc)[1] == 1 and svc.stores.metadata.ref_drift(0) == []
+    assert len(leftovers(svc)[0]) == 1  # item 2's object went with its pin

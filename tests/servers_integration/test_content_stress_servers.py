@@ -1,0 +1,34 @@
+"""The content race of tests/integration/test_content_stress.py on MariaDB, S3 and Milvus.
+
+Row locks, deadlock retries and lock waits are MariaDB's own (SQLite serialises every writer),
+so the protocol is raced here too: three processes ingest, delete, wipe and reconcile the same
+content on a database, bucket and collection of this test's own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from image_search.config import load_settings
+from tests.conftest import ROOT
+from tests.integration.test_content_stress import race_then_check
+from tests.servers import MariaDB
+
+pytestmark = [pytest.mark.servers, pytest.mark.integration]
+
+
+def test_processes_racing_on_shared_content_on_the_servers(
+    mariadb: MariaDB, production_overrides: dict[str, Any]
+) -> None:
+    overrides = {
+        **production_overrides,
+        # Delete-all wipes whole stores: this test's own, never the app's of the other tests.
+        "stores.metadata_uri": mariadb.create_database("content_race"),
+        "stores.objects_uri": "s3://content-race",
+        "stores.collection": "content_race",
+    }
+    settings = load_settings(ROOT / "config.yaml", environ={}, overrides=overrides)
+    totals = race_then_check(settings)
+    assert totals["retry"] + totals["conflict"] > 0, totals  # the processes did collide

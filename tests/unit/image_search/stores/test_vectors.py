@@ -1,0 +1,70 @@
+"""The search parameters MilvusVectorIndex sends, for any page size (no Milvus needed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from image_search.stores.vectors import MAX_TOP_K, MilvusVectorIndex
+
+
+def index(index_type: str = "HNSW", **search_params: Any) -> MilvusVectorIndex:
+    # Connects lazily: nothing is contacted until a call needs the client.
+    return MilvusVectorIndex("http://127.0.0.1:1", "c", 4, "m", index_type=index_type,
+                             search_params=search_params)  # fmt: skip
+
+
+class RecordingClient:
+    """Stands in for MilvusClient: records each search and answers one hit."""
+
+    def __init__(self) -> None:
+        self.searches: list[dict[str, Any]] = []
+
+    def search(self, collection: str, **kwargs: Any) -> list[list[dict[str, Any]]]:
+        self.searches.append(kwargs)
+        return [[{"id": 1, "distance": 0.25}]]
+
+
+@pytest.mark.parametrize(
+    ("configured", "limit", "ef"),
+    [
+        (128, 10, 128),  # the configured ef is the floor: recall as configured
+        (128, 128, 128),
+        (128, 300, 300),  # was 128: a Milvus server refuses ef below top-k
+        (128, 129, 129),
+        (64, MAX_TOP_K, MAX_TOP_K),
+        (128, MAX_TOP_K + 1, MAX_TOP_K),  # refused for its top-k anyway; ef stays in range
+        (20000, 300, 20000),  # a larger configured ef is kept
+    ],
+)
+def test_hnsw_ef_is_never_below_the_hits_asked_for(configured: int, limit: int, ef: int) -> None:
+    assert index(ef=configured).search_params_for(limit) == {"ef": ef}
+
+
+def test_hnsw_without_a_configured_ef_gets_the_limit() -> None:
+    assert index().search_params_for(300) == {"ef": 300}
+
+
+def test_other_parameters_and_other_index_types_are_left_alone() -> None:
+    assert index(ef=128, extra=1).search_params_for(300) == {"ef": 300, "extra": 1}
+    assert index("IVF_FLAT", nprobe=16).search_params_for(300) == {"nprobe": 16}
+    assert index("FLAT").search_params_for(300) == {}
+
+
+def test_the_configured_parameters_are_not_changed() -> None:
+    idx = index(ef=128)
+    idx.search_params_for(300)
+    assert idx.search_params == {"ef": 128}
+
+
+def test_search_sends_the_adjusted_ef() -> None:
+    idx = index(ef=128)
+    client = RecordingClient()
+    idx._client = client  # type: ignore[assignment]
+    hits = idx.search(np.ones(4, dtype=np.float32), 300)
+    assert [(h.id, h.distance) for h in hits] == [(1, 0.25)]
+    (call,) = client.searches
+    assert call["limit"] == 300
+    assert call["search_params"] == {"metric_type": "L2", "params": {"ef": 300}}

@@ -38,6 +38,15 @@ RUN test -n "$RESNET50_WEIGHTS_SHA256" || { \
  && python -c "import sys; from image_search.embedding.weights import fetch_weights; \
 print(fetch_weights(sys.argv[1], sys.argv[2], '/opt/ise/models', timeout_s=600))" \
       "$RESNET50_WEIGHTS_URL" "$RESNET50_WEIGHTS_SHA256"
+# The ONNX graph the service runs (model.runtime auto -> onnx; resnet50 stays fp32 unless
+# int8 is set and gated), built here because the cache is read-only at runtime.
+RUN ISE__MODEL__NAME=resnet50 ISE__MODEL__WEIGHTS="$RESNET50_WEIGHTS_URL" \
+    ISE__MODEL__WEIGHTS_SHA256="$RESNET50_WEIGHTS_SHA256" ISE__MODEL__CACHE_DIR=/opt/ise/models \
+    python -c "from image_search.config import load_settings; \
+from image_search.embedding import model_card; \
+from image_search.embedding.onnx_runtime import ensure_graph; \
+m = load_settings().model; print(ensure_graph(m, model_card(m.name), 'fp32'))" \
+ && chmod -R a+rX /opt/ise/models
 
 RUN useradd --create-home --uid 1000 ise && mkdir -p /var/lib/ise && chown ise /var/lib/ise
 USER ise

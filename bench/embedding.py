@@ -1,7 +1,8 @@
-"""Embedding throughput: batched vs one image at a time, malloc tuning, bf16; side by side.
+"""Embedding throughput per runtime, precision and batch size, side by side.
 
 Each configuration runs in its own process (malloc settings are read at process start), on the
-same preprocessed real photos; the ratios against the first row are what to compare.
+same preprocessed real photos; the ratios against the first row are what to compare. `*` marks
+what `model.runtime: auto` / `model.precision: auto` resolve to on this machine (the default).
     python -m bench.embedding [--images 96] [--model efficientnet-lite0]
 """
 
@@ -20,15 +21,24 @@ import numpy as np
 from image_search.embedding import ALLOCATOR_ENV
 
 logger = logging.getLogger("bench.embedding")
+# (label, batch, runtime, precision, allocator settings of serve_config.yaml)
 CONFIGS = [
-    ("one image per call (baseline)", 1, "fp32", False),
-    ("batch 16", 16, "fp32", False),
-    ("batch 16 + malloc tuning (serve_config.yaml)", 16, "fp32", True),
-    ("batch 16 + malloc tuning + bf16", 16, "bf16", True),
+    ("torch fp32, one image per call (baseline)", 1, "torch", "fp32", False),
+    ("torch fp32, batch 16", 16, "torch", "fp32", False),
+    ("torch fp32, batch 16 + malloc tuning", 16, "torch", "fp32", True),
+    ("torch fp32, batch 1 + malloc tuning", 1, "torch", "fp32", True),
+    ("torch bf16, batch 1", 1, "torch", "bf16", True),
+    ("torch bf16, batch 16", 16, "torch", "bf16", True),
+    ("onnx fp32, batch 1", 1, "onnx", "fp32", True),
+    ("onnx fp32, batch 16", 16, "onnx", "fp32", True),
+    ("onnx int8, batch 1", 1, "onnx", "int8", True),
+    ("onnx int8, batch 16", 16, "onnx", "int8", True),
 ]
 
 
-def _worker(model: str, batch: int, precision: str, images: int, threads: int) -> float:
+def _worker(
+    model: str, batch: int, runtime: str, precision: str, images: int, threads: int
+) -> float:
     from bench.photos import distinct_images
     from image_search.config import ModelSettings
     from image_search.embedding import load_embedder, model_card
@@ -36,7 +46,10 @@ def _worker(model: str, batch: int, precision: str, images: int, threads: int) -
 
     spec = model_card(model).spec
     pixels = np.stack([decode(b, spec, 10**8).pixels for b in distinct_images(images)])
-    emb = load_embedder(ModelSettings(name=model, precision=precision, threads=threads))  # type: ignore[arg-type]
+    cfg = ModelSettings.model_validate(
+        {"name": model, "runtime": runtime, "precision": precision, "threads": threads}
+    )
+    emb = load_embedder(cfg)  # an ONNX graph is built into model.cache_dir on the first run
     emb.embed(pixels[:batch])  # warm-up
     start = time.perf_counter()
     for i in range(0, images, batch):
@@ -52,13 +65,16 @@ def main() -> None:
     ap.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        batch, precision, _ = args.worker
-        rate = _worker(args.model, int(batch), precision, args.images, args.threads)
+        batch, runtime, precision = args.worker
+        rate = _worker(args.model, int(batch), runtime, precision, args.images, args.threads)
         sys.stdout.write(json.dumps({"img_s": rate}) + "\n")
         return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from image_search.config import ModelSettings
+
+    default = ModelSettings.model_validate({"name": args.model}).runtime_choice()
     rows = []
-    for label, batch, precision, tuned in CONFIGS:
+    for label, batch, runtime, precision, tuned in CONFIGS:
         env = {**os.environ, **(ALLOCATOR_ENV if tuned else {})}
         if not tuned:
             for key in ALLOCATOR_ENV:
@@ -66,14 +82,17 @@ def main() -> None:
         out = subprocess.run(
             [sys.executable, "-m", "bench.embedding", "--images", str(args.images),
              "--model", args.model, "--threads", str(args.threads),
-             "--worker", str(batch), precision, "x"],
+             "--worker", str(batch), runtime, precision],
             env=env, capture_output=True, text=True, check=True,
         )  # fmt: skip
-        rows.append((label, json.loads(out.stdout.strip().splitlines()[-1])["img_s"]))
+        is_default = (runtime, precision) == (default.runtime, default.precision) and tuned
+        mark = "*" if is_default else " "
+        rows.append((mark + label, json.loads(out.stdout.strip().splitlines()[-1])["img_s"]))
     base = rows[0][1]
-    logger.info("%s, %d real photos, %d threads", args.model, args.images, args.threads)
+    logger.info("%s, %d real photos, %d threads; * = the default here (%s: %s)", args.model,
+                args.images, args.threads, default.tag, default.reason)  # fmt: skip
     for label, rate in rows:
-        logger.info("%-48s %7.1f img/s   ratio %.2f", label, rate, rate / base)
+        logger.info("%-46s %7.1f img/s   ratio %.2f", label, rate, rate / base)
 
 
 if __name__ == "__main__":

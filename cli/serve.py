@@ -80,6 +80,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             pass
         finally:
             _stopping()  # a Ctrl-C came this way, with no handler of ours on the path
+            if not joining:
+                # Replicas first, then the Milvus Lite server they use: the other way round,
+                # the Indexer spends its last seconds logging failed flushes.
+                _stop_local_ray()
             _stop_embedded_vectors(settings.stores.vectors_uri)
     return 0
 
@@ -139,6 +143,12 @@ def _on_sigterm_joined(signum: int, frame: FrameType | None) -> None:
     # `serve run` shuts down the Serve applications it deployed.
     _stopping()
     raise KeyboardInterrupt
+
+
+def _stop_local_ray() -> None:
+    import ray
+
+    ray.shutdown()  # stops the local cluster this process started (its atexit hook would too)
 
 
 def _stop_embedded_vectors(vectors_uri: str) -> None:

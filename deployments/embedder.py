@@ -7,6 +7,7 @@ only to a deployment started without it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -18,6 +19,7 @@ from image_search.config import settings_from_json
 from image_search.embedding import Embedding, load_embedder
 from image_search.imaging import DecodedImage
 
+logger = logging.getLogger(__name__)
 MAX_BATCH_SIZE = 16
 BATCH_WAIT_TIMEOUT_S = 0.01
 
@@ -30,6 +32,9 @@ class Embedder:
         # The first forward pass allocates and picks kernels; pay it before taking traffic.
         spec = self.model.spec
         self.model.embed(np.zeros((1, spec.crop, spec.crop, 3), dtype=np.uint8))
+        choice = self.model.choice
+        logger.info("embedder ready: %s (runtime %s, precision %s: %s)", self.model.model_id,
+                    choice.runtime, choice.precision, choice.reason)  # fmt: skip
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         batched: Any = self.embed  # @serve.batch adds these setters; mypy cannot see them
@@ -55,4 +60,6 @@ class Embedder:
         return await self._forward(images)
 
     def info(self) -> dict[str, Any]:
-        return {"model_id": self.model.model_id, "dim": self.model.dim}
+        """model_id, dim, and the runtime and precision it resolved to, with the reason."""
+        return {"model_id": self.model.model_id, "dim": self.model.dim,
+                **self.model.choice.as_dict()}  # fmt: skip

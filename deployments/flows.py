@@ -68,8 +68,11 @@ class IngressFlows:
         if offset + limit > cap:
             raise BadRequest(f"offset + limit must be at most {cap}")
 
-    async def readiness(self) -> dict[str, str]:
+    async def readiness(self) -> tuple[dict[str, str], dict[str, Any]]:
+        """Each store's and the model's state, and what the Embedder says it runs (the model
+        id, and for the model runtimes that choose one, the runtime, precision and why)."""
         checks: dict[str, str] = {}
+        info: dict[str, Any] = {}
         try:
             checks.update(await self.indexer.readiness.remote())
         except Exception as exc:  # readiness must answer, whatever the replica's state
@@ -79,7 +82,7 @@ class IngressFlows:
             checks["model"] = "ok" if info["dim"] > 0 else "not loaded"
         except Exception as exc:
             checks["model"] = f"unavailable: {type(exc).__name__}"
-        return checks
+        return checks, info
 
     # -- ingest ---------------------------------------------------------------------------
     async def index_one(
@@ -87,12 +90,16 @@ class IngressFlows:
     ) -> ImageRecord:
         info = content_info(data)
         upload = Upload(info, meta_uuid or info.md5, file_name, tags)
-        plan = (await self.indexer.plan.remote([PlanItem(upload.meta_uuid, info.sha256)]))[0]
-        if not plan.writes:
-            raise Conflict(f"meta_uuid {upload.meta_uuid!r} already exists")
+        # No plan call first: the Indexer plans where it writes. A taken meta_uuid or known
+        # content then costs a decode and a forward pass, which a new upload -- the common
+        # case -- no longer pays for with a round trip before its decode can start.
         decoded = self.decoder.decode.remote(data, True)
-        vector = self.embedder.embed.remote(decoded) if plan.status == "new" else None
-        rec: ImageRecord = await self.indexer.ingest.remote(upload, data, decoded, vector)
+        vector = self.embedder.embed.remote(decoded)
+        rec: ImageRecord | SearchEngineError = await self.indexer.index.remote(
+            upload, data, decoded, vector
+        )
+        if isinstance(rec, SearchEngineError):
+            raise rec
         return rec
 
     async def index_many(self, files: Sequence[tuple[bytes, str]]) -> list[Outcome]:

@@ -65,9 +65,10 @@ async def healthz() -> dict[str, Any]:
 
 @router.get("/readyz", response_model=None)
 async def readyz(flows: Flows) -> JSONResponse:
-    checks = await flows.readiness()
+    checks, model = await flows.readiness()
     ready = all(v == "ok" for v in checks.values())
-    body = {"succeed": ready, "message": "ready" if ready else "not ready", "checks": checks}
+    body = {"succeed": ready, "message": "ready" if ready else "not ready", "checks": checks,
+            "model": model}  # fmt: skip
     return JSONResponse(body, status_code=200 if ready else 503)
 
 

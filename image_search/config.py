@@ -11,6 +11,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from image_search.embedding.runtime import (
+    PrecisionSetting,
+    RuntimeChoice,
+    RuntimeSetting,
+    check_pair,
+    model_id,
+    resolve,
+)
 from image_search.errors import ConfigError
 
 ENV_PREFIX = "ISE__"
@@ -28,12 +36,23 @@ class ModelSettings(_Section):
     weights_sha256: str | None = None
     cache_dir: str = "./data/models"
     threads: int = Field(1, ge=1, le=64)
-    precision: Literal["fp32", "bf16"] = "fp32"
+    # auto: chosen from this machine's CPU (image_search/embedding/runtime.py says how).
+    runtime: RuntimeSetting = "auto"
+    precision: PrecisionSetting = "auto"
+
+    @model_validator(mode="after")
+    def _runtime_runs_precision(self) -> ModelSettings:
+        check_pair(self.runtime, self.precision)  # ConfigError, as is, for onnx+bf16, torch+int8
+        return self
+
+    def runtime_choice(self) -> RuntimeChoice:
+        """The runtime and precision this process runs, `auto` resolved, with the reason."""
+        return resolve(self.name, self.runtime, self.precision)
 
     @property
     def model_id(self) -> str:
-        """The identity a vector collection is bound to: model and numeric precision."""
-        return f"{self.name}:{self.precision}"
+        """The identity a vector collection is bound to: model, runtime and precision."""
+        return model_id(self.name, self.runtime_choice())
 
 
 class LimitSettings(_Section):

@@ -28,6 +28,7 @@ out in seconds), and the hosts' clocks agree to well within it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
@@ -137,6 +138,36 @@ class IndexService:
             )
         return embedding.vector
 
+    def index(self, item: IngestItem) -> ImageRecord:
+        """One upload, planned and written in one call; raises what index_many returns."""
+        result = self.index_many([item])[0]
+        if isinstance(result, SearchEngineError):
+            raise result
+        return result
+
+    def index_many(self, items: Sequence[IngestItem]) -> list[ImageRecord | SearchEngineError]:
+        """Uploads planned and written in one call (one trip from the ingress, not two).
+
+        Their vectors were computed before the plan: dropped where the content already has
+        one. A taken meta_uuid (or one already holding these bytes) gets a Conflict; an item
+        sees what the earlier ones in the same call will write.
+        """
+        plans = self.plan([PlanItem(it.new.meta_uuid, it.new.sha256) for it in items])
+        out: list[ImageRecord | SearchEngineError | None] = [None] * len(items)
+        todo: list[int] = []
+        for i, (it, plan) in enumerate(zip(items, plans, strict=True)):
+            if not plan.writes:
+                out[i] = Conflict(f"meta_uuid {it.new.meta_uuid!r} already exists")
+            else:
+                todo.append(i)
+        written = self.ingest_many([
+            dataclasses.replace(items[i], vector=None) if plans[i].status == "known" else items[i]
+            for i in todo
+        ])  # fmt: skip
+        for i, result in zip(todo, written, strict=True):
+            out[i] = result
+        return [r if r is not None else SearchEngineError("not processed") for r in out]
+
     def ingest(self, item: IngestItem) -> ImageRecord:
         result = self.ingest_many([item])[0]
         if isinstance(result, SearchEngineError):
@@ -188,11 +219,10 @@ class IndexService:
             if item.thumbnail:
                 key = thumbnail_key_for(item.new.sha256, self.thumbnail_size)
                 st.objects.put(key, item.thumbnail, "image/jpeg")
-        with_vec = [it for it in items if it.vector is not None]
-        if with_vec:
-            ids = [it.new.milvus_id for it in with_vec]
-            vectors = np.stack([it.vector for it in with_vec if it.vector is not None])
-            st.vectors.upsert(ids, vectors)
+        # One vector per content: uploads batched together may carry the same bytes twice.
+        by_id = {it.new.milvus_id: it.vector for it in items if it.vector is not None}
+        if by_id:
+            st.vectors.upsert(list(by_id), np.stack(list(by_id.values())))
 
     def _commit(
         self, item: IngestItem, token: str, missing: set[int]

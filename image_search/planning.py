@@ -1,7 +1,9 @@
-"""The one ingest planner: what each upload needs, decided against the metadata before any work.
+"""The one ingest planner: what each upload needs, decided against the metadata.
 
-Planning comes before decoding and embedding, so an upload or a backfill rerun of content that
-is already indexed costs two metadata queries per batch and never a forward pass.
+Batches (batch uploads, backfill jobs) are planned before decoding and embedding, so a rerun
+over content that is already indexed costs two metadata queries per batch and no forward pass.
+A single upload is planned by the Indexer as it writes (IndexService.index): one trip fewer
+for every new image, at the price of a forward pass for a repeated one.
   new        needs bytes, a vector and a row
   known      the content already has its bytes and vector; needs only a row
   duplicate  this meta_uuid already holds these bytes, or (adopt_known off) the content is

@@ -1,6 +1,6 @@
-"""Re-embed every stored image with another model or precision into a new collection, then switch.
+"""Re-embed every stored image with another model, runtime or precision into a new collection.
 
-    python -m pipelines.reembed --model efficientnet-lite0 --precision bf16 \
+    python -m pipelines.reembed --model efficientnet-lite0 [--runtime auto] [--precision bf16] \
         [--collection NEW] [--switch-app image_search] [--report out.json]
 
 1. bulk: every distinct content the metadata knows (objects are keyed by the rows) is fetched,
@@ -47,19 +47,23 @@ CLOCK_SLACK = timedelta(seconds=30)
 
 
 def target_settings(
-    settings: Settings, model: str, precision: str, collection: str | None
+    settings: Settings, model: str, precision: str, collection: str | None, runtime: str = "auto"
 ) -> Settings:
     data = settings.model_dump(mode="json")
-    data["model"].update(name=model, precision=precision)
-    data["stores"]["collection"] = collection or default_collection(settings, model, precision)
+    data["model"].update(name=model, runtime=runtime, precision=precision)
+    if not collection:
+        collection = default_collection(settings, Settings.model_validate(data))
+    data["stores"]["collection"] = collection
     new = Settings.model_validate(data)
     if new.stores.collection == settings.stores.collection:
         raise ConfigError("the new collection must differ from the one in service")
     return new
 
 
-def default_collection(settings: Settings, model: str, precision: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_]", "_", f"{settings.stores.collection}__{model}_{precision}")
+def default_collection(settings: Settings, new: Settings) -> str:
+    """<old>__<model>_<runtime>_<precision>, resolved: e.g. image_vectors__resnet50_onnx_fp32."""
+    tag = new.model.runtime_choice().tag
+    return re.sub(r"[^A-Za-z0-9_]", "_", f"{settings.stores.collection}__{new.model.name}_{tag}")
 
 
 def contents_since(metadata: MetadataStore, since: datetime) -> list[Content]:
@@ -92,10 +96,11 @@ def run(
     route_prefix: str | None = None,
     serve_config: str | None = "serve_config.yaml",
     opts: PoolOptions | None = None,
+    runtime: str = "auto",
 ) -> dict[str, Any]:
     """Ray must be initialised (ensure_ray) on the cluster that runs the app to switch."""
     opts = opts or PoolOptions()
-    new = target_settings(settings, model, precision, collection)
+    new = target_settings(settings, model, precision, collection, runtime)
     if switch_app:
         from pipelines.switch import app_details
 
@@ -124,6 +129,7 @@ def run(
         report["catch_up"] = embed_contents(late, new, new.stores.collection, opts)
     report["config_to_set"] = {
         "model.name": new.model.name,
+        "model.runtime": new.model.runtime,
         "model.precision": new.model.precision,
         "stores.collection": new.stores.collection,
     }
@@ -133,11 +139,15 @@ def run(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     names = sorted(MODELS)
+    runtimes = get_args(ModelSettings.model_fields["runtime"].annotation)
     precisions = get_args(ModelSettings.model_fields["precision"].annotation)
     parser.add_argument("--model", required=True, choices=names)
-    parser.add_argument("--precision", default="fp32", choices=precisions)
+    parser.add_argument("--runtime", default="auto", choices=runtimes)
+    parser.add_argument("--precision", default="auto", choices=precisions)
     parser.add_argument(
-        "--collection", default=None, help="new collection (default: <old>__<model>_<precision>)"
+        "--collection",
+        default=None,
+        help="new collection (default: <old>__<model>_<runtime>_<precision>, resolved)",
     )
     parser.add_argument(
         "--switch-app", default=None, metavar="APP", help="Serve application to switch when done"
@@ -164,6 +174,7 @@ def command(args: argparse.Namespace) -> int:
         args.route_prefix,
         args.serve_config,
         pool_options_from_args(args),
+        args.runtime,
     )
     write_report(report, args.report)
     failed = sum(report.get(k, {}).get("failed_count", 0) for k in ("bulk", "catch_up"))

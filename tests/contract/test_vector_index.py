@@ -9,7 +9,7 @@ import pytest
 
 from image_search.errors import ConfigError, StoreUnavailable
 from image_search.stores import VectorIndex
-from tests.contract.conftest import DIM, open_index, unique
+from tests.contract.conftest import DIM, MODEL_ID, open_index, unique
 from tests.servers import MilvusServer, eventually
 
 
@@ -71,6 +71,11 @@ def test_collection_is_bound_to_model(vector_index: VectorIndex) -> None:
         open_index(uri, name, model_id="other-model:fp32").ping()
     with pytest.raises(ConfigError):
         open_index(uri, name, dim=DIM * 2).ping()
+    # MODEL_ID is in the format from before runtimes were named: those vectors were torch's.
+    assert MODEL_ID.endswith(":fp32")
+    open_index(uri, name, model_id=MODEL_ID.replace(":fp32", ":torch-fp32")).ping()
+    with pytest.raises(ConfigError, match="reembed"):
+        open_index(uri, name, model_id=MODEL_ID.replace(":fp32", ":onnx-fp32")).ping()
 
 
 def test_drop_then_ping_recreates_empty(vector_index: VectorIndex) -> None:

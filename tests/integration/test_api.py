@@ -42,6 +42,10 @@ def test_health_and_readiness(client: httpx.Client) -> None:
     assert ready.status_code == 200
     assert ready.json()["checks"] == {"metadata": "ok", "objects": "ok", "vectors": "ok",
                                       "model": "ok"}  # fmt: skip
+    # What the Embedder resolved model.runtime/precision (auto) to on this machine, and why.
+    model = ready.json()["model"]
+    assert model["model_id"] == f"efficientnet-lite0:{model['runtime']}-{model['precision']}"
+    assert model["dim"] == 1280 and model["reason"]
     assert (
         client.get("/", headers={"accept": "application/json"}).json()["message"] == "Hello World"
     )

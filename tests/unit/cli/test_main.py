@@ -14,3 +14,4 @@ def test_image_search_cli_wraps_the_same_commands() -> None:
     assert args.func is reconcile.command and args.fix and args.grace == 0
     args = parser.parse_args(["reembed", "--model", "efficientnet-lite0", "--precision", "bf16"])
     assert args.func is reembed.command and args.switch_app is None
+    assert (args.runtime, args.precision) == ("auto", "bf16")

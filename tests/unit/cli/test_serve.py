@@ -106,6 +106,9 @@ class StandIns:
         monkeypatch.setattr(
             serve, "_stop_embedded_vectors", lambda uri: self.events.append(("stop lite", uri))
         )
+        monkeypatch.setattr(
+            serve, "_stop_local_ray", lambda: self.events.append(("stop ray", None))
+        )
 
         def serve_run_main(args: list[str], standalone_mode: bool) -> None:
             self.events.append(("serve run", args[0]))
@@ -152,7 +155,8 @@ def test_a_local_cluster_is_started_then_stopped_whole(
     assert serve.cmd_serve(serve_args()) == 0
     assert ray.events[0] == ("ray", None)  # no address: init_local_ray starts a new cluster
     assert ray.events[1] == ("signal", serve._on_sigterm_local)
-    assert ray.kinds()[2:] == ["serve run", "signal", "signal", "stop lite"]
+    # The replicas stop before the Milvus Lite server they use.
+    assert ray.kinds()[2:] == ["serve run", "signal", "signal", "stop ray", "stop lite"]
 
 
 def test_sigterm_on_a_local_cluster_exits_cleanly(monkeypatch: pytest.MonkeyPatch) -> None:

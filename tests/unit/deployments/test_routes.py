@@ -170,6 +170,7 @@ def test_readiness_reports_each_store_and_the_model(client: TestClient, service:
     assert r.status_code == 200
     assert r.json()["checks"] == {"metadata": "ok", "objects": "ok", "vectors": "ok",
                                   "model": "ok"}  # fmt: skip
+    assert r.json()["model"] == service.embedder.info()  # what runs, e.g. runtime and precision
 
     def down() -> None:
         raise RuntimeError("replica gone")

@@ -292,3 +292,18 @@ def test_conflict_releases_the_pin_and_its_fresh_data(svc: IndexService) -> None
     assert isinstance(svc.ingest_many([item(2, "taken")])[0], Conflict)
     assert leftovers(svc)[1] == 1 and svc.stores.metadata.ref_drift(0) == []
     assert len(leftovers(svc)[0]) == 1  # item 2's object went with its pin
+
+
+def test_index_plans_where_it_writes(svc: IndexService) -> None:
+    """A single upload in one call: a taken meta_uuid is refused, known content keeps the
+    vector it has (the one sent along, computed before the plan, is not written)."""
+    first = svc.index(item(5, "first"))
+    with pytest.raises(Conflict):
+        svc.index(item(6, "first"))
+    again = item(5, "second")
+    again.vector = unit(99)  # a different vector for the same bytes: must not replace it
+    second = svc.index(again)
+    assert second.milvus_id == first.milvus_id
+    stored = svc.stores.vectors.get([first.milvus_id])[first.milvus_id]
+    assert np.allclose(stored, item(5).vector)
+    assert svc.stores.metadata.count() == 2 and leftovers(svc)[1] == 1

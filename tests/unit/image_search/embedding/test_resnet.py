@@ -56,6 +56,7 @@ def _settings(weights: str | None, tmp: Path, precision: str = "fp32") -> ModelS
             "weights": weights,
             "cache_dir": str(tmp / "cache"),
             "threads": 2,
+            "runtime": "torch",  # these tests read the torch network's tensors
             "precision": precision,
         }
     )
@@ -114,7 +115,7 @@ def test_cnnimageretrieval_layout_loads_every_tensor(
 ) -> None:
     path, sd = iv2_ckpt
     emb = load_embedder(_settings(str(path), tmp_path))
-    assert (emb.model_id, emb.dim, emb.spec) == ("resnet50:fp32", 512, SPEC)
+    assert (emb.model_id, emb.dim, emb.spec) == ("resnet50:torch-fp32", 512, SPEC)
     ours = emb.network.state_dict()
     # Every parameter and buffer of iv2's network except its unused GeM p, nothing else.
     assert set(ours) == set(ResNet47_50Net().state_dict()) - {"pool.p"}
@@ -274,7 +275,7 @@ def test_bf16_and_non_224_input(
     path, _ = iv2_ckpt
     fp32 = load_embedder(_settings(str(path), tmp_path))
     bf16 = load_embedder(_settings(str(path), tmp_path, precision="bf16"))
-    assert bf16.model_id == "resnet50:bf16"
+    assert bf16.model_id == "resnet50:torch-bf16"
     a, b = fp32.embed(photos[:1]), bf16.embed(photos[:1])
     np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
     assert float((a * b).sum()) > 0.98

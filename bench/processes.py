@@ -1,0 +1,129 @@
+"""Servers a benchmark starts: each in its own session, ready when it answers, always stopped.
+
+Only processes this module started are ever signalled: the server by its pid, then whatever
+still names the server's private work folder (the service's Ray processes and its Milvus Lite
+server, which runs detached in a session of its own), by pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+logger = logging.getLogger("bench.processes")
+_PR_SET_PDEATHSIG = 1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    # In the child before exec: SIGTERM it if the benchmark dies without its clean-up (SIGKILL),
+    # so a server never outlives the run that started it. The server's own SIGTERM handling
+    # then stops what it started.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class Server:
+    """A started server process: its name, base URL, log file and private work folder."""
+
+    name: str
+    url: str
+    log: Path
+    workdir: Path
+    proc: subprocess.Popen[bytes] = field(repr=False)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+
+def start(
+    name: str, cmd: list[str], url: str, workdir: Path, env: dict[str, str], cwd: Path
+) -> Server:
+    log = workdir / f"{name}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=_die_with_parent,
+        )  # fmt: skip
+    return Server(name, url, log, workdir, proc)
+
+
+def wait_ready(server: Server, path: str, timeout: float) -> httpx.Response:
+    """Poll `path` until it answers 200; fail early if the process exits."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise RuntimeError(
+                f"{server.name} exited with {server.proc.returncode}:\n{server.log_tail()}"
+            )
+        try:
+            r = httpx.get(server.url + path, timeout=5)
+            if r.status_code == 200:
+                return r
+            last = f"{r.status_code} {r.text[:200]}"
+        except httpx.HTTPError as exc:
+            last = repr(exc)
+        time.sleep(0.5)
+    raise TimeoutError(f"{server.name} not ready after {timeout:.0f}s ({last}):\n"
+                       f"{server.log_tail()}")  # fmt: skip
+
+
+def stop(server: Server, timeout: float = 60.0) -> None:
+    """SIGTERM the server and wait; then SIGKILL whatever of it is left (logged)."""
+    proc = server.proc
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            logger.warning("%s did not stop within %.0fs; killing it", server.name, timeout)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    # What the server started and should have stopped: its session, or processes naming its
+    # private folder. Give them a moment to be reaped before calling them leftovers.
+    deadline = time.monotonic() + 15
+    while (left := _leftovers(proc.pid, str(server.workdir))) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    if left:
+        logger.warning("%s left %d processes running; killing them", server.name, len(left))
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _leftovers(session: int, marker: str) -> set[int]:
+    pids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        pid = int(stat.parent.name)
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if fields[0] == "Z":
+                continue
+            cmdline = (stat.parent / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if int(fields[3]) == session or marker in cmdline:
+            pids.add(pid)
+    pids.discard(os.getpid())
+    return pids

@@ -1,0 +1,69 @@
+"""`python -m bench.compare --smoke`: both servers start, take every request and are reported.
+
+A smoke test of the benchmark, not a benchmark: it asserts that the run works and prints both
+servers' figures for every cell, never what the figures are.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.compare import SMOKE, parse_sizes
+from tests.conftest import ROOT
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+# Measured ~75 s on a 2-core machine (two server start-ups included); room for a loaded one.
+RUN_BOUND_S = 900
+FIGURE = r"\d+(?:\.\d+)? / \d+(?:\.\d+)? \(\d+\.\d\d\)"  # "ours / ref (ratio)"
+
+
+def run_compare(out: Path) -> tuple[int, str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.compare", "--smoke", "--json", str(out)], cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        output, _ = proc.communicate(timeout=RUN_BOUND_S)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)  # it stops the server it runs, then exits
+        output, _ = proc.communicate(timeout=120)
+        pytest.fail(f"bench.compare --smoke still running after {RUN_BOUND_S}s:\n{output[-5000:]}")
+    return proc.returncode, output
+
+
+def test_compare_smoke_reports_both_servers_for_every_cell(tmp_path: Path) -> None:
+    out = tmp_path / "compare.json"
+    code, output = run_compare(out)
+    assert code == 0, output[-5000:]
+
+    cells = {(f"{w}x{h}", int(n)) for w, h in parse_sizes(str(SMOKE["sizes"]))
+             for n in str(SMOKE["clients"]).split(",")}  # fmt: skip
+    # The table: one line per cell with ingest, p50 and p99 as "ours / ref (ratio)".
+    for size, clients in cells:
+        line = re.search(rf"^\s*{size}\s+{clients} \|.*$", output, re.M)
+        assert line, f"no table line for {size} x{clients}:\n{output[-3000:]}"
+        assert len(re.findall(FIGURE, line.group(0))) == 3, line.group(0)
+
+    results = json.loads(out.read_text())
+    assert {(c["size"], c["clients"]) for c in results["cells"]} == cells
+    for cell in results["cells"]:
+        for server in ("ours", "ref"):
+            got = cell[server]
+            where = f"{server} {cell['size']} x{cell['clients']}: {got}"
+            # Every request answered 200 (after any honoured 503 + Retry-After), none left out.
+            assert got["ingest_statuses"] == {"200": got["ingest_requests"]}, where
+            assert got["search_statuses"] == {"200": got["search_requests"]}, where
+            assert got["non_200"] == 0, where
+            # The figures are of real searches: each stored photo finds itself first.
+            assert got["search_top1_is_query"] == got["search_requests"], where
+            for key in ("ingest_img_s", "search_p50_ms", "search_p99_ms"):
+                assert got[key] is not None, where
+    assert results["machine"]["cpu_count"] >= 1

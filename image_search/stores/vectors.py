@@ -119,7 +119,9 @@ class MilvusVectorIndex:
                     f"collection {self.collection!r} was built with model {found_model} "
                     f"(dim {found_dim}), but the service is configured for {self.model_id} "
                     f"(dim {self.dim}). Searching it with another model would return nonsense: "
-                    "run `image-search reembed` or set stores.collection to a new name."
+                    "run `image-search reembed`, set stores.collection to a new name, or set "
+                    "model.runtime and model.precision to what built it (a collection from "
+                    "before runtimes were named was built by runtime torch)."
                 )
             if not client.list_indexes(self.collection, timeout=self.timeout_s):
                 # A create that died between the collection and its index (server stopped).

@@ -15,8 +15,8 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, TypeVar, get_args
@@ -29,7 +29,7 @@ from image_search.errors import BadRequest, NotFound, StoreUnavailable
 
 # The metadata store's engine options (SQLite WAL, MySQL pool and timeouts) and its UTC column
 # type: the key table lives in the same database, so it is opened the same way.
-from image_search.stores.metadata import UTCDateTime, _make_engine, _now
+from image_search.stores.metadata import UTCDateTime, _make_engine, _now, session_for
 
 T = TypeVar("T")
 Scope = Literal["read", "write", "admin"]
@@ -113,13 +113,8 @@ class KeyStore:
     def __init__(self, uri: str, timeout_s: float = 5.0) -> None:
         self.engine = _make_engine(uri, timeout_s)
 
-    @contextmanager
-    def _session(self) -> Iterator[Session]:
-        try:
-            with Session(self.engine, expire_on_commit=False) as session:
-                yield session
-        except (OperationalError, DBAPIError) as exc:
-            raise StoreUnavailable(f"key store unavailable: {exc.orig or exc}", "metadata") from exc
+    def _session(self) -> AbstractContextManager[Session]:
+        return session_for(self.engine, "key store")
 
     def _read(self, fn: Callable[[Session], T]) -> T:
         with self._session() as s:

@@ -15,6 +15,7 @@ across threads, replicas and jobs (the protocol is in image_search.indexing). It
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -96,6 +97,21 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+@contextmanager
+def session_for(
+    engine: Engine, store: str, keep: tuple[type[Exception], ...] = ()
+) -> Iterator[Session]:
+    """A session whose database failures become StoreUnavailable naming `store` (a 503);
+    errors in `keep` pass unchanged, for the caller to turn into something else."""
+    try:
+        with Session(engine, expire_on_commit=False) as session:
+            yield session
+    except keep:
+        raise
+    except (OperationalError, DBAPIError) as exc:
+        raise StoreUnavailable(f"{store} unavailable: {exc.orig or exc}", "metadata") from exc
 
 
 class Base(DeclarativeBase):
@@ -227,19 +243,9 @@ class SqlMetadataStore:
         self.uri = uri
         self.engine = _make_engine(uri, timeout_s)
 
-    @contextmanager
-    def _session(self) -> Iterator[Session]:
-        try:
-            with Session(self.engine, expire_on_commit=False) as session:
-                yield session
-        except (Conflict, StoreUnavailable):
-            raise
-        except IntegrityError:
-            raise
-        except (OperationalError, DBAPIError) as exc:
-            raise StoreUnavailable(
-                f"metadata store unavailable: {exc.orig or exc}", "metadata"
-            ) from exc
+    def _session(self) -> contextlib.AbstractContextManager[Session]:
+        # IntegrityError passes: a taken meta_uuid is the caller's Conflict, not an outage.
+        return session_for(self.engine, "metadata store", keep=(IntegrityError,))
 
     def _read(self, fn: Callable[[Session], T]) -> T:
         with self._session() as s:

@@ -78,6 +78,15 @@ def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusSe
         yield server  # type: ignore[misc]
 
 
+@pytest.fixture(autouse=True)
+def _servers_alive(request: pytest.FixtureRequest) -> None:
+    """Before each test that uses a server: the server is running (see `ensure_running`)."""
+    for name in ("mariadb", "s3_server", "milvus_server"):
+        if name in request.fixturenames:
+            server: ManagedServer = request.getfixturevalue(name)
+            server.ensure_running()
+
+
 @pytest.fixture(scope="session")
 def production_overrides(
     mariadb: MariaDB, s3_server: MotoS3, milvus_server: MilvusServer

@@ -57,7 +57,9 @@ class MilvusServer(ManagedServer):
             self.config.set(f"{section}.ip", "127.0.0.1")
         # After a crash the new process waits for the old one's etcd sessions to expire
         # before it reloads collections: 30 s by default, which fault tests would sit out.
-        self.config.set("common.session.ttl", 5)
+        # Not much lower: a component whose lease lapses exits, and on a loaded 2-core
+        # machine a keep-alive can be late by seconds (5 s killed the server in one CI run).
+        self.config.set("common.session.ttl", 15)
         self._prepared = False
         self.bin = Path()
 
@@ -84,6 +86,11 @@ class MilvusServer(ManagedServer):
             f"listen-peer-urls: http://127.0.0.1:{p}\n"
             f"initial-advertise-peer-urls: http://127.0.0.1:{p}\n"
             f"initial-cluster: ise-test=http://127.0.0.1:{p}\n"
+            # A test server on a shared disk: one fdatasync stalled 17 s in a CI run while
+            # other servers wrote, every session lease lapsed and Milvus exited. Without
+            # fsync a killed process still keeps its writes (page cache); only a machine
+            # crash would lose them, which no test survives anyway.
+            "unsafe-no-fsync: true\n"
         )
         # Without a config file the embedded etcd listens on the fixed 2379/2380, which would
         # collide with any other Milvus on this machine.

@@ -137,6 +137,19 @@ class ManagedServer:
             proc.kill()
             proc.wait(timeout=10)
 
+    def ensure_running(self) -> None:
+        """Start the server again if it exited on its own since the last test.
+
+        A fault test stops servers on purpose and restarts them itself; this is for a server
+        that died of its machine (a disk stall, memory), which is not what the next tests
+        check: they get a running server, and the log says what happened.
+        """
+        if self.proc is not None and self.proc.poll() is not None:
+            logger.warning("%s exited by itself with %s; restarting it. Log tail:\n%s",
+                           self.name, self.proc.returncode, _tail(self.log))  # fmt: skip
+            self.proc = None
+            self.start()
+
     def restart(self) -> None:
         self.stop()
         self.start()

@@ -16,12 +16,19 @@ from tests.servers import METADATA_DB, S3_BUCKET, MariaDB, MilvusServer, MotoS3
 
 
 @pytest.fixture(scope="package")
-def prod_app(make_app: Any, production_overrides: dict[str, Any]) -> Iterator[str]:
+def prod_app(
+    make_app: Any, production_overrides: dict[str, Any], mariadb: MariaDB, s3_server: MotoS3,
+    milvus_server: MilvusServer,
+) -> Iterator[str]:  # fmt: skip
     """Base URL of the real Serve graph deployed on the three servers.
 
     Deleted when this package's tests are done: the test cluster has 2 CPUs, and an app left
     behind would starve the apps that later tests deploy.
     """
+    # Set up before any per-test check, so a server that died in an earlier package is
+    # started again here rather than leaving the app unready.
+    for server in (mariadb, s3_server, milvus_server):
+        server.ensure_running()
     yield make_app("servers", production_overrides)
     make_app.delete("servers")
 

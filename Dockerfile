@@ -12,6 +12,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     MALLOC_MMAP_MAX_=0 \
     MALLOC_TRIM_THRESHOLD_=100000000000 \
     RAY_USAGE_STATS_ENABLED=0 \
+    # The proxy's body limits (deployments.admission): `image-search serve` sets this for a
+    # local Ray, but here `ray start` starts the proxy, so the image must set it itself.
+    RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=deployments.admission.proxy_middlewares \
     ISE_CONFIG=/app/config.yaml
 
 WORKDIR /app

@@ -28,8 +28,8 @@ system-deps:
 	scripts/system-deps.sh
 
 lint: install-test
-	$(BIN)/ruff check image_search deployments pipelines cli tests bench
-	$(BIN)/ruff format --check image_search deployments pipelines cli tests bench
+	$(BIN)/ruff check image_search deployments pipelines cli tests bench deploy
+	$(BIN)/ruff format --check image_search deployments pipelines cli tests bench deploy
 	$(BIN)/mypy
 
 bench: install-test

@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 from ray.serve import Application
 
+from deployments.cluster import refuse_embedded_stores_on_multinode
 from deployments.decoder import Decoder
 from deployments.embedder import Embedder
 from deployments.indexer import Indexer
@@ -23,6 +24,8 @@ def build_app(args: dict[str, Any]) -> Application:
     which has no serve_config.yaml: pass `serve_config_options()` to get the same replicas.
     """
     settings: Settings = load_settings(args.get("config"), overrides=args.get("overrides"))
+    # Before any replica opens a store: embedded ones on several nodes would split the index.
+    refuse_embedded_stores_on_multinode(settings)
     sj = settings_to_json(settings)
     opts: dict[str, dict[str, Any]] = args.get("deployment_options") or {}
 

@@ -5,8 +5,14 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from image_search.errors import ConfigError
+
+if TYPE_CHECKING:
+    from image_search.config import Settings
 
 # A local single-node Ray must stay on loopback: Ray otherwise swaps 127.0.0.1 for the address
 # it finds by probing a public DNS server. With "cluster" mode off (the flag Ray uses on laptops)
@@ -88,3 +94,59 @@ def init_local_ray(
     if metrics_port:
         local["_metrics_export_port"] = metrics_port
     ray.init(**local, **kwargs)
+
+
+# vectors_uri schemes of a Milvus server; anything else is a path that Milvus Lite serves from
+# this machine's disk (the rule image_search.stores.vectors_endpoint applies).
+MILVUS_SERVER_SCHEMES = ("http://", "https://", "tcp://", "grpc://")
+
+
+def embedded_stores(settings: Settings) -> list[str]:
+    """The stores that live on one machine's disk: "setting=value (kind)", one per store."""
+    st = settings.stores
+    found = []
+    if st.metadata_uri.split(":", 1)[0].split("+", 1)[0] == "sqlite":
+        found.append(f"stores.metadata_uri={st.metadata_uri} (SQLite)")
+    if st.objects_uri.startswith("file://"):
+        found.append(f"stores.objects_uri={st.objects_uri} (a local folder)")
+    if not st.vectors_uri.startswith(MILVUS_SERVER_SCHEMES):
+        found.append(f"stores.vectors_uri={st.vectors_uri} (Milvus Lite)")
+    return found
+
+
+def alive_nodes() -> int | None:
+    """Alive nodes of the cluster this process is connected to; None when not connected."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
+    return sum(1 for node in nodes if node.get("Alive"))
+
+
+def refuse_embedded_stores_on_multinode(
+    settings: Settings, count_nodes: Callable[[], int | None] = alive_nodes
+) -> None:
+    """Raise ConfigError when embedded stores would be used by a cluster of several nodes.
+
+    Each node would open its own SQLite file, folder and Milvus Lite server: an image uploaded
+    through a replica on one node would be missing from searches answered on another, and a
+    job's writes would land on whichever node ran each task. Checked when the app is built,
+    which is on the cluster for `serve run`/`serve deploy` and in the driver for `serve.run`.
+    """
+    embedded = embedded_stores(settings)
+    if not embedded:
+        return
+    nodes = count_nodes()
+    if nodes is None or nodes <= 1:
+        return
+    raise ConfigError(
+        f"refusing to start on a Ray cluster of {nodes} alive nodes with embedded stores, "
+        f"which live on one machine's disk: {'; '.join(embedded)}. Configure stores that "
+        "every node reaches over the network instead: stores.metadata_uri="
+        "mysql+pymysql://USER:PASSWORD@HOST:3306/DB (MySQL/MariaDB), stores.objects_uri="
+        "s3://BUCKET with stores.s3_endpoint (S3/MinIO), stores.vectors_uri="
+        "http://HOST:19530 (a Milvus server); as ISE__STORES__METADATA_URI, "
+        "ISE__STORES__OBJECTS_URI, ISE__STORES__VECTORS_URI in the environment or in "
+        "config.yaml. See docs/multinode.md"
+    )

@@ -171,7 +171,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def command(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    ensure_ray(args.address)
+    ensure_ray(args.address, settings)
     report = run(settings, args.source, pool_options_from_args(args))
     write_report(report, args.report)
     # Bad files do not fail the job; store failures do (a rerun picks those rows up).

@@ -199,7 +199,7 @@ def _reembed(
 
     if not todo:
         return {"reembedded": 0, "reembed_failed": [], "reembed_failed_count": 0}
-    ensure_ray(address)
+    ensure_ray(address, settings)
     result = embed_contents(todo, settings, settings.stores.collection, opts)
     return {
         "reembedded": result["embedded"],

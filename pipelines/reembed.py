@@ -164,7 +164,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def command(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    ensure_ray(args.address)
+    ensure_ray(args.address, settings)
     report = run(
         settings,
         args.model,

@@ -52,17 +52,22 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return load_settings(args.config, overrides=parse_overrides(args.overrides))
 
 
-def ensure_ray(address: str | None = None) -> None:
-    """Join the cluster the job runs on (RAY_ADDRESS), or start a local Ray on 127.0.0.1."""
+def ensure_ray(address: str | None = None, settings: Settings | None = None) -> None:
+    """Join the cluster the job runs on (RAY_ADDRESS), or start a local Ray on 127.0.0.1.
+
+    With `settings`, a job whose stores are embedded refuses to run on several nodes: each
+    node's tasks would write a store of its own (the service refuses the same way).
+    """
     import ray
 
-    if ray.is_initialized():
-        return
-    from deployments.cluster import init_local_ray
+    from deployments.cluster import init_local_ray, refuse_embedded_stores_on_multinode
 
-    # Inside `ray job submit` RAY_ADDRESS is set: join it. Outside, init_local_ray pins the new
-    # local cluster to loopback (Ray would otherwise probe a public address for its node IP).
-    init_local_ray(address or os.environ.get("RAY_ADDRESS") or None)
+    if not ray.is_initialized():
+        # Inside `ray job submit` RAY_ADDRESS is set: join it. Outside, init_local_ray pins the
+        # new local cluster to loopback (Ray would otherwise probe a public address for its IP).
+        init_local_ray(address or os.environ.get("RAY_ADDRESS") or None)
+    if settings is not None:
+        refuse_embedded_stores_on_multinode(settings)
 
 
 def setup_logging(verbose: bool = False) -> None:

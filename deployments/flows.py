@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from image_search.config import Settings
+from image_search.duplicates import DuplicatePage, DuplicateQuery, check_threshold
 from image_search.errors import BadRequest, Conflict, ModelMismatch, SearchEngineError
 from image_search.imaging import DecodedImage, content_info, sniff
 from image_search.indexing import Hit
@@ -231,3 +232,12 @@ class IngressFlows:
     async def object_bytes(self, key: str) -> bytes:
         data: bytes = await self.indexer.object_bytes.remote(key)
         return data
+
+    # -- duplicate review -----------------------------------------------------------------
+    async def duplicates(self, threshold: float | None, offset: int, limit: int) -> DuplicatePage:
+        """Groups of copies and near-duplicates; the threshold defaults to the configured one."""
+        opts = self.settings.duplicates
+        value = opts.threshold if threshold is None else threshold
+        query = DuplicateQuery(check_threshold(value, opts.max_threshold), offset, limit, opts)
+        page: DuplicatePage = await self.indexer.duplicates.remote(query)
+        return page

@@ -13,6 +13,7 @@ import numpy as np
 from ray import serve
 
 from image_search.config import settings_from_json
+from image_search.duplicates import DuplicatePage, DuplicateQuery
 from image_search.embedding import Embedding
 from image_search.errors import SearchEngineError, StoreUnavailable
 from image_search.imaging import DecodedImage
@@ -144,3 +145,6 @@ class Indexer:
 
     async def thumbnail(self, meta_uuid: str) -> bytes:
         return await self._run(self.svc.thumbnail, meta_uuid)
+
+    async def duplicates(self, query: DuplicateQuery) -> DuplicatePage:
+        return await self._run(self.svc.duplicates, query)

@@ -19,6 +19,8 @@ WEB_DIR = Path(__file__).parent / "web"
 router = APIRouter(responses=ERROR_RESPONSES)
 # Any page offset past this is past any library; larger ones overflow SQL's 64-bit OFFSET.
 MAX_OFFSET = 2**31 - 1
+# Groups per page of the duplicate review (each holds two images or more).
+MAX_DUPLICATE_GROUPS = 100
 
 
 def _flows(request: Request) -> IngressFlows:
@@ -198,3 +200,31 @@ async def search_stored(
     hits = await flows.search_stored(meta_uuid, offset, limit, threshold)
     metrics.count_search("stored")
     return ok(data=search_hits(hits, await shown(flows, request, [h.record for h in hits])))
+
+
+@router.get("/duplicates")
+async def duplicates(
+    flows: Flows,
+    request: Request,
+    threshold: Annotated[
+        float | None,
+        Query(
+            ge=0.0,
+            allow_inf_nan=False,
+            description="Max distance linking two images; default duplicates.threshold",
+        ),
+    ] = None,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_DUPLICATE_GROUPS)] = 20,
+) -> dict[str, Any]:
+    """Groups of copies and near-duplicates, largest first, the copy to keep first in each;
+    every member has its `distance` to it and a `match` (docs/duplicates.md)."""
+    page = await flows.duplicates(threshold, offset, limit)
+    records = [m.record for g in page.groups for m in g.members]
+    rows = iter(await shown(flows, request, records))
+    data = [
+        {**g.fields(), "members": [{**next(rows), **m.fields()} for m in g.members]}
+        for g in page.groups
+    ]
+    return ok(data=data, total=page.total, threshold=page.threshold, images=page.images,
+              max_threshold=flows.settings.duplicates.max_threshold)  # fmt: skip

@@ -50,6 +50,7 @@ ROUTE_SCOPES: dict[tuple[str, str], KeyScope | None] = {
     ("GET", "/meta/image/{meta_uuid}/thumbnail"): "read",
     ("GET", "/files/{key:path}"): "read",
     ("GET", "/sample/meta/{meta_uuid}"): "read",
+    ("GET", "/duplicates"): "read",
     ("POST", "/sample/file"): "read",  # a search: it stores nothing
     ("POST", "/meta/image/file"): "write",
     ("POST", "/meta/image/files"): "write",

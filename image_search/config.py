@@ -142,6 +142,31 @@ class SecuritySettings(_Section):
         return [o.rstrip("/").lower() for o in v]
 
 
+class DuplicateSettings(_Section):
+    """Duplicate review (GET /duplicates, pipelines.duplicates); docs/duplicates.md."""
+
+    # Squared-L2 distance (the one search returns) at or below which two images are grouped.
+    # 0.2: the largest threshold whose groups keep pair precision >= 0.95 on both halves of
+    # the evaluation set (0.994 tuning, 0.973 held-out; 0.5 gave 0.82): docs/evaluation.md.
+    threshold: float = Field(0.2, ge=0, le=4)
+    # The highest threshold a request may ask for: beyond it unrelated photos start to join
+    # (the closest different pair measured is 1.00). Online neighbours are searched this far.
+    max_threshold: float = Field(1.0, gt=0, le=4)
+    # Neighbours kept per image (the range search's top-k): a larger group still forms
+    # through its members' own neighbours.
+    neighbors: int = Field(32, ge=1, le=1024)
+    # Libraries with more images are refused by the HTTP route (413): run the job instead.
+    max_online_images: int = Field(5_000, ge=1)
+    # Query vectors per range-search call.
+    search_batch: int = Field(256, ge=1, le=4096)
+
+    @model_validator(mode="after")
+    def _default_within_max(self) -> DuplicateSettings:
+        if self.threshold > self.max_threshold:
+            raise ValueError("duplicates.threshold must be at most duplicates.max_threshold")
+        return self
+
+
 class Settings(_Section):
     environment: Literal["development", "production"] = "development"
     model: ModelSettings = Field(default_factory=ModelSettings)
@@ -149,6 +174,7 @@ class Settings(_Section):
     stores: StoreSettings = Field(default_factory=StoreSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
+    duplicates: DuplicateSettings = Field(default_factory=DuplicateSettings)
 
     @property
     def keys_required(self) -> bool:

@@ -29,6 +29,7 @@ out in seconds), and the hosts' clocks agree to well within it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import re
 import time
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from image_search.config import Settings
+from image_search.duplicates import DuplicatePage, DuplicateQuery, NeighborGraph
 from image_search.embedding import Embedding
 from image_search.errors import (
     Conflict,
@@ -414,6 +416,16 @@ class IndexService:
             for rec in rows.get(h.id, []):
                 out.append(Hit(rec, max(0.0, h.distance)))
         return out[offset:want]
+
+    # -- duplicate review -----------------------------------------------------------------
+    @functools.cached_property
+    def duplicate_graph(self) -> NeighborGraph:
+        """The links the duplicate review keeps between requests (image_search.duplicates)."""
+        return NeighborGraph()
+
+    def duplicates(self, query: DuplicateQuery) -> DuplicatePage:
+        """Groups of copies and near-duplicates, best copy first, one page of them."""
+        return self.duplicate_graph.page(self.stores, query)
 
     def object_bytes(self, key: str) -> bytes:
         return self.stores.objects.get(key)

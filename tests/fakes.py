@@ -44,6 +44,10 @@ class MemoryVectorIndex:
         hits = [VectorHit(i, float(np.sum((v - vector) ** 2))) for i, v in self.rows.items()]
         return sorted(hits, key=lambda h: h.distance)[:limit]
 
+    def range_search(self, vectors: np.ndarray, radius: float, limit: int) -> list[list[VectorHit]]:
+        return [[h for h in self.search(v, len(self.rows)) if h.distance <= radius][:limit]
+                for v in vectors]  # fmt: skip
+
     def get(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
         return {int(i): self.rows[int(i)] for i in ids if int(i) in self.rows}
 

@@ -115,6 +115,8 @@ export const api = {
   count: () => requestJSON("meta/image/count"),
   list: (offset, limit) => requestJSON("meta/image", { params: { offset, limit } }),
   remove: (metaUuid) => requestJSON(imagePath(metaUuid), { method: "DELETE" }),
+  duplicates: (threshold, offset, limit) =>
+    requestJSON("duplicates", { params: { threshold, offset, limit } }),
 
   upload(file, onProgress) {
     const form = new FormData();

@@ -1,12 +1,13 @@
 // The page's entry point: tabs, paste, the image count, and a net under unexpected errors.
 import { api } from "./api.js";
+import { initDuplicates } from "./duplicates.js";
 import { initGallery } from "./gallery.js";
 import { initKeys } from "./keys.js";
 import { describeError, showError, showNotice } from "./notify.js";
 import { initSearch } from "./search.js";
 import { initUpload } from "./upload.js";
 
-const TABS = ["search", "upload", "gallery"];
+const TABS = ["search", "upload", "gallery", "duplicates"];
 
 // Anything that slips past the panels' own handling is still shown, not just logged.
 window.addEventListener("error", (event) => showError(`Page error: ${event.message}`));
@@ -44,6 +45,7 @@ function showTab(name) {
   // Keep the tab in the address so a reload or a shared link opens the same one.
   history.replaceState(null, "", `${location.pathname}${location.search}#${name}`);
   if (name === "gallery") gallery.show();
+  if (name === "duplicates") duplicates.show();
 }
 
 const activeTab = () => TABS.find((t) => !document.getElementById(`panel-${t}`).hidden);
@@ -59,6 +61,12 @@ const gallery = initGallery({
 const upload = initUpload({
   onIndexed: () => gallery.markStale(),
   onBatchDone: refreshCount,
+});
+const duplicates = initDuplicates({
+  onDeleted: () => {
+    gallery.markStale();
+    refreshCount();
+  },
 });
 
 for (const tab of TABS) {

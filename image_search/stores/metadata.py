@@ -550,6 +550,17 @@ class SqlMetadataStore:
         stmt = select(Image.meta_uuid).where(Image.meta_uuid.in_(list(meta_uuids)))
         return self._read(lambda s: set(s.scalars(stmt)))
 
+    def content_counts(self, after: int, limit: int) -> list[tuple[int, int]]:
+        # Keyset pages on ix_image_milvus_id: each page costs the same however deep it is.
+        stmt = (
+            select(Image.milvus_id, func.count(Image.id))
+            .where(Image.milvus_id > after)
+            .group_by(Image.milvus_id)
+            .order_by(Image.milvus_id)
+            .limit(limit)
+        )
+        return self._read(lambda s: [(int(m), int(n)) for m, n in s.execute(stmt)])
+
     def iter_content(self) -> Iterator[tuple[str, int, str]]:
         stmt = select(Image.sha256, Image.milvus_id, func.min(Image.file_path)).group_by(
             Image.sha256, Image.milvus_id

@@ -33,6 +33,9 @@ FLUSH_ROWS = 256
 FLUSH_AFTER_S = 1.0
 # Milvus refuses a search for more hits than this (its topk limit), whatever the index.
 MAX_TOP_K = 16384
+# Added to a range search's radius, which Milvus treats as exclusive, so that a vector
+# exactly at the threshold is in range (distances are float32: ~1e-7 apart near 1).
+RADIUS_SLACK = 1e-6
 
 
 class MilvusVectorIndex:
@@ -195,6 +198,35 @@ class MilvusVectorIndex:
             return [VectorHit(int(h["id"]), float(h["distance"])) for h in hits]
 
         return self._call("search", run)
+
+    def range_search(self, vectors: np.ndarray, radius: float, limit: int) -> list[list[VectorHit]]:
+        """Milvus range search: one request for every query row, `radius` on the L2 metric.
+
+        Milvus's radius is exclusive for L2 (range_filter <= distance < radius); RADIUS_SLACK
+        makes it inclusive. No range_filter: a server computes squared L2 as |a|^2 + |b|^2 -
+        2ab, which can come out a hair below 0 for identical vectors. A Milvus server searches
+        the index and keeps what falls in range; Milvus Lite takes 5 x limit nearest and
+        filters them: both return at most `limit` per query, nearest first.
+        """
+        if len(vectors) == 0:
+            return []
+        params = self.search_params_for(limit)
+        params["radius"] = float(radius) + RADIUS_SLACK
+        data = np.asarray(vectors, dtype=np.float32).tolist()
+
+        def run(c: MilvusClient) -> list[list[VectorHit]]:
+            res = c.search(
+                self.collection,
+                data=data,
+                limit=limit,
+                output_fields=["id"],
+                search_params={"metric_type": "L2", "params": params},
+                consistency_level=self.consistency_level,
+                timeout=self._slow_timeout,
+            )
+            return [[VectorHit(int(h["id"]), float(h["distance"])) for h in hits] for hits in res]
+
+        return self._call("range search", run)
 
     def search_params_for(self, limit: int) -> dict[str, Any]:
         """The configured search parameters, made valid for a search for `limit` hits."""

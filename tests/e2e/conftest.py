@@ -41,7 +41,8 @@ def artifacts() -> Path:
 def web_url(make_app: Any) -> Iterator[str]:
     """An app of its own under /web: these tests upload and delete freely. Deleted after the
     module, because each app holds about a gigabyte for as long as it runs."""
-    yield make_app("web")
+    # The duplicate review's library holds heavier edits than the default threshold groups.
+    yield make_app("web", {"duplicates.threshold": 0.5})
     make_app.delete("web")
 
 

@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 # Lower layers first; a module may import its own layer and the layers before it.
 LAYERS = ("image_search", "deployments", "pipelines", "cli")
-JOBS = ("pipelines.backfill", "pipelines.reembed", "pipelines.reconcile")
+JOBS = ("pipelines.backfill", "pipelines.reembed", "pipelines.reconcile", "pipelines.duplicates")
 
 
 def module_name(path: Path) -> str:

@@ -63,7 +63,6 @@ from bench.loadgen import _one as post_once
 logger = logging.getLogger("bench.autoscale")
 ROOT = Path(__file__).resolve().parents[1]
 SERVE_CONFIG = ROOT / "serve_config.yaml"  # the file `image-search serve` runs by default
-VENV_BIN = Path(sys.executable).parent
 STATUS_PATH = "/api/serve/applications/"
 # `image-search serve` logs "API: ...  dashboard: http://127.0.0.1:<port> ..." before it
 # deploys: the only place that knows the dashboard port of the cluster it starts.
@@ -682,28 +681,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def start_service(workdir: Path, serve_doc: dict[str, Any] | None) -> processes.Server:
-    """bench.compare's start_ours: `image-search serve` as the README runs it, on free ports
-    and a private data folder. With `serve_doc` (--set), the same but on that serve config."""
+    """bench.compare's start_ours; with `serve_doc` (--set), on that serve config instead."""
     if serve_doc is None:
         return start_ours(workdir)
     config = workdir / "serve_config.yaml"
     config.write_text(yaml.safe_dump(serve_doc, sort_keys=False), encoding="utf-8")
-    # start_ours's environment, one argument more (it takes no arguments for the command).
-    port = processes.free_port()
-    env = {
-        **os.environ,
-        "RAY_TMPDIR": str(workdir),
-        "ISE__SERVER__PORT": str(port),
-        "ISE_DASHBOARD_PORT": str(processes.free_port()),
-        "ISE_METRICS_PORT": str(processes.free_port()),
-        "ISE__STORES__METADATA_URI": f"sqlite:///{workdir}/meta.db",
-        "ISE__STORES__OBJECTS_URI": f"file://{workdir}/objects",
-        "ISE__STORES__VECTORS_URI": f"{workdir}/vectors.db",
-        "ISE__STORES__LITE_PORT": str(processes.free_port()),
-    }
-    env.pop("RAY_ADDRESS", None)
-    cmd = [str(VENV_BIN / "image-search"), "serve", "--serve-config", str(config)]
-    return processes.start("ours", cmd, f"http://127.0.0.1:{port}", workdir, env, ROOT)
+    return start_ours(workdir, ["--serve-config", str(config)])
 
 
 def run_service(app: str, scaling: dict[str, Scaling], photos: list[bytes],

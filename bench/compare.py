@@ -29,7 +29,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -120,8 +120,9 @@ def search_requests(photos: list[bytes], n: int) -> list[Request]:
 
 
 # -- one server ---------------------------------------------------------------------------------
-def start_ours(workdir: Path) -> processes.Server:
-    """`image-search serve` as the README runs it, on free ports and a private data folder."""
+def start_ours(workdir: Path, serve_args: Sequence[str] = ()) -> processes.Server:
+    """`image-search serve` as the README runs it, on free ports and a private data folder;
+    `serve_args` are appended to the command (e.g. another --serve-config)."""
     port = processes.free_port()
     env = {
         **os.environ,
@@ -135,7 +136,7 @@ def start_ours(workdir: Path) -> processes.Server:
         "ISE__STORES__LITE_PORT": str(processes.free_port()),
     }
     env.pop("RAY_ADDRESS", None)  # always its own local cluster
-    return processes.start("ours", [str(VENV_BIN / "image-search"), "serve"],
+    return processes.start("ours", [str(VENV_BIN / "image-search"), "serve", *serve_args],
                            f"http://127.0.0.1:{port}", workdir, env, ROOT)  # fmt: skip
 
 

@@ -71,6 +71,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     form: dict[str, Any] = {"limit": str(args.limit)}
     if args.threshold is not None:
         form["threshold"] = str(args.threshold)
+    if args.tag:
+        form["tags"] = list(args.tag)  # repeated: hits carry every one of them
+    if args.mode:
+        form["mode"] = args.mode
     with httpx.Client(base_url=args.url, timeout=120) as client:
         resp = client.post("/sample/file", files={"file": (Path(args.image).name, data)}, data=form)
     body = resp.json()

@@ -54,6 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default=DEFAULT_URL)
     p.add_argument("--limit", type=int, default=10)
     p.add_argument("--threshold", type=float, default=None, help="max squared-L2 distance")
+    p.add_argument(
+        "--tag", action="append", default=[], metavar="TAG",
+        help="only images that carry this tag (repeat: every one of them)",
+    )  # fmt: skip
+    p.add_argument(
+        "--mode", choices=("global", "regions"), default=None,
+        help="regions: also find a picture from a crop, thumbnail or collage of it "
+        "(default: the service's search.mode)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_search)
 
     add_pipeline_commands(sub)

@@ -7,6 +7,7 @@ from ray import serve
 from image_search.config import settings_from_json
 from image_search.embedding import model_card
 from image_search.imaging import DecodedImage, decode
+from image_search.regions import index_views, query_views
 
 
 @serve.deployment
@@ -16,8 +17,18 @@ class Decoder:
         self.spec = model_card(settings.model.name).spec
         self.max_pixels = settings.limits.max_pixels
         self.thumbnail_size = settings.server.thumbnail_size
+        self.pooled_cells = settings.search.query_cells == "pooled"
 
-    def decode(self, data: bytes, for_index: bool = False) -> DecodedImage:
-        """Pixels for the model; for an image being indexed, its stored thumbnail too."""
+    def decode(self, data: bytes, for_index: bool = False, regions: bool = False) -> DecodedImage:
+        """Pixels for the model; for an image being indexed, its stored thumbnail too; with
+        `regions`, region search's extra inputs (a stored image's or a query's)."""
         size = self.thumbnail_size if for_index else 0
-        return decode(data, self.spec, self.max_pixels, thumbnail_size=size)
+        out = decode(data, self.spec, self.max_pixels, thumbnail_size=size)
+        if regions:
+            # A second decode, at the draft size the extra views want: the global pixels
+            # above stay exactly what they were without region search.
+            if for_index:
+                out.views = index_views(data, self.spec, self.max_pixels)
+            else:
+                out.views = query_views(data, self.spec, self.max_pixels, self.pooled_cells)
+        return out

@@ -17,7 +17,9 @@ from ray import serve
 from deployments import metrics
 from image_search.config import settings_from_json
 from image_search.embedding import Embedding, load_embedder
+from image_search.embedding.feature_maps import RegionEmbedder, load_feature_maps
 from image_search.imaging import DecodedImage
+from image_search.regions import RegionVectors
 
 logger = logging.getLogger(__name__)
 MAX_BATCH_SIZE = 16
@@ -29,6 +31,8 @@ class Embedder:
     def __init__(self, settings_json: str) -> None:
         settings = settings_from_json(settings_json)
         self.model = load_embedder(settings.model)
+        self.model_settings = settings.model
+        self._regions: RegionEmbedder | None = None  # loaded on the first image with views
         # The first forward pass allocates and picks kernels; pay it before taking traffic.
         spec = self.model.spec
         self.model.embed(np.zeros((1, spec.crop, spec.crop, 3), dtype=np.uint8))
@@ -49,7 +53,21 @@ class Embedder:
         # In a thread, so the replica keeps collecting the next batch meanwhile.
         vectors = await asyncio.to_thread(self.model.embed, batch)
         metrics.observe_batch(len(images), time.perf_counter() - started)
-        return [Embedding(self.model.model_id, v) for v in vectors]
+        out = [Embedding(self.model.model_id, v) for v in vectors]
+        with_views = [i for i, im in enumerate(images) if im.views is not None]
+        if with_views:
+            # Region search's extra passes, after (and apart from) the global one.
+            extra = await asyncio.to_thread(self._extra, [images[i] for i in with_views])
+            for i, regions in zip(with_views, extra, strict=True):
+                out[i] = Embedding(self.model.model_id, vectors[i], regions)
+        return out
+
+    def _extra(self, images: list[DecodedImage]) -> list[RegionVectors]:
+        if self._regions is None:
+            cfg = self.model_settings
+            self._regions = RegionEmbedder(self.model, load_feature_maps(self.model, cfg.name,
+                                                                         cfg.threads))  # fmt: skip
+        return self._regions.embed([im.views for im in images if im.views is not None])
 
     @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_TIMEOUT_S)
     async def embed(self, images: list[DecodedImage]) -> list[Embedding]:

@@ -7,6 +7,7 @@ last one is awaited, so bytes and pixels do not come back through the ingress be
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -17,6 +18,7 @@ from image_search.imaging import DecodedImage, content_info, sniff
 from image_search.indexing import Hit
 from image_search.planning import PlanItem
 from image_search.records import ImageRecord, Upload
+from image_search.stores.base import TagCount
 
 T = TypeVar("T")
 Outcome = ImageRecord | SearchEngineError
@@ -24,6 +26,14 @@ Outcome = ImageRecord | SearchEngineError
 # one of them runs the other model. Searches wait that out, this long at most.
 SWITCH_RETRIES = 40
 SWITCH_WAIT_S = 0.5
+# How long the ingress trusts what the Indexer said about the collection having region
+# vectors (uploads bring their views only then); a switch to a collection with them is
+# ridden out by the Indexer refusing an upload without them with a retryable 503.
+REGIONS_TTL_S = 5.0
+NO_REGIONS = (
+    "this collection has no region vectors: search with mode=global, or build them with "
+    "`python -m pipelines.reembed --regions --collection NEW` (README, Region search)"
+)
 
 
 def causes(exc: BaseException) -> Iterator[BaseException]:
@@ -62,6 +72,8 @@ class IngressFlows:
         self.embedder = embedder
         self.indexer = indexer
         self.settings = settings
+        self._has_regions = False
+        self._regions_checked = -float("inf")
 
     # -- checks ---------------------------------------------------------------------------
     def check_limit(self, offset: int, limit: int) -> None:
@@ -85,6 +97,25 @@ class IngressFlows:
             checks["model"] = f"unavailable: {type(exc).__name__}"
         return checks, info
 
+    async def collection_has_regions(self, fresh: bool = False) -> bool:
+        now = time.monotonic()
+        if fresh or now - self._regions_checked > REGIONS_TTL_S:
+            self._has_regions = bool(await self.indexer.has_regions.remote())
+            self._regions_checked = now
+        return self._has_regions
+
+    async def search_mode(self, mode: str | None) -> str:
+        """A request's mode: as asked, else search.mode; auto = regions where the collection
+        has region vectors. Regions asked of a collection without them: 409."""
+        asked = mode or self.settings.search.mode
+        if asked == "global":
+            return "global"
+        if await self.collection_has_regions(fresh=asked == "regions"):
+            return "regions"
+        if asked == "regions":
+            raise Conflict(NO_REGIONS)
+        return "global"
+
     # -- ingest ---------------------------------------------------------------------------
     async def index_one(
         self, data: bytes, file_name: str, meta_uuid: str | None, tags: tuple[str, ...] = ()
@@ -94,7 +125,7 @@ class IngressFlows:
         # No plan call first: the Indexer plans where it writes. A taken meta_uuid or known
         # content then costs a decode and a forward pass, which a new upload -- the common
         # case -- no longer pays for with a round trip before its decode can start.
-        decoded = self.decoder.decode.remote(data, True)
+        decoded = self.decoder.decode.remote(data, True, await self.collection_has_regions())
         vector = self.embedder.embed.remote(decoded)
         rec: ImageRecord | SearchEngineError = await self.indexer.index.remote(
             upload, data, decoded, vector
@@ -154,8 +185,9 @@ class IngressFlows:
     async def _decode_all(
         self, datas: dict[int, bytes], results: list[Outcome | None]
     ) -> dict[int, DecodedImage]:
+        regions = await self.collection_has_regions()
         got = await asyncio.gather(
-            *(self.decoder.decode.remote(d, True) for d in datas.values()),
+            *(self.decoder.decode.remote(d, True, regions) for d in datas.values()),
             return_exceptions=True,
         )
         decoded: dict[int, DecodedImage] = {}
@@ -168,28 +200,51 @@ class IngressFlows:
 
     # -- search ---------------------------------------------------------------------------
     async def search_bytes(
-        self, data: bytes, offset: int, limit: int, threshold: float | None
+        self,
+        data: bytes,
+        offset: int,
+        limit: int,
+        threshold: float | None,
+        tags: tuple[str, ...] = (),
+        mode: str | None = None,
     ) -> list[Hit]:
+        """mode: global | regions (None: search.mode); regions adds the query's cells."""
         self.check_limit(offset, limit)
         sniff(data)  # a 415/400 right here, without a trip through the graph
-        decoded = self.decoder.decode.remote(data)
+        resolved = await self.search_mode(mode)
+        decoded = self.decoder.decode.remote(data, False, resolved == "regions")
 
         async def once() -> list[Hit]:
             vector = self.embedder.embed.remote(decoded)
-            hits: list[Hit] = await self.indexer.search.remote(vector, offset, limit, threshold)
+            hits: list[Hit] = await self.indexer.search.remote(
+                vector, offset, limit, threshold, tags, resolved
+            )
             return hits
 
         return await riding_out_model_switch(once)
 
     async def search_stored(
-        self, meta_uuid: str, offset: int, limit: int, threshold: float | None
+        self,
+        meta_uuid: str,
+        offset: int,
+        limit: int,
+        threshold: float | None,
+        tags: tuple[str, ...] = (),
+        mode: str | None = None,
     ) -> list[Hit]:
-        """Search with an image that is already stored: no upload, no embedding."""
+        """Search with an image that is already stored: no upload, no embedding. In regions
+        mode its cells are needed: its stored bytes go through search_bytes."""
         self.check_limit(offset, limit)
+        if await self.search_mode(mode) == "regions":
+            rec = await self.get(meta_uuid)
+            data = await self.object_bytes(rec.file_path)
+            return await self.search_bytes(data, offset, limit, threshold, tags, "regions")
 
         async def once() -> list[Hit]:
             vector = self.indexer.stored_embedding.remote(meta_uuid)
-            hits: list[Hit] = await self.indexer.search.remote(vector, offset, limit, threshold)
+            hits: list[Hit] = await self.indexer.search.remote(
+                vector, offset, limit, threshold, tags
+            )
             return hits
 
         return await riding_out_model_switch(once)
@@ -204,12 +259,18 @@ class IngressFlows:
         )
         return {r.file_path: u for r, u in zip(records, urls, strict=True)}
 
-    async def page(self, offset: int, limit: int) -> tuple[list[ImageRecord], int]:
-        result: tuple[list[ImageRecord], int] = await self.indexer.page.remote(offset, limit)
+    async def page(
+        self, offset: int, limit: int, tags: tuple[str, ...] = ()
+    ) -> tuple[list[ImageRecord], int]:
+        result: tuple[list[ImageRecord], int] = await self.indexer.page.remote(offset, limit, tags)
         return result
 
-    async def counts(self) -> tuple[int, int]:
-        result: tuple[int, int] = await self.indexer.counts.remote()
+    async def counts(self, tags: tuple[str, ...] = ()) -> tuple[int, int]:
+        result: tuple[int, int] = await self.indexer.counts.remote(tags)
+        return result
+
+    async def tag_counts(self, limit: int) -> list[TagCount]:
+        result: list[TagCount] = await self.indexer.tag_counts.remote(limit)
         return result
 
     async def get(self, meta_uuid: str) -> ImageRecord:

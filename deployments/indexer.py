@@ -20,6 +20,7 @@ from image_search.imaging import DecodedImage
 from image_search.indexing import Hit, IndexService, IngestItem
 from image_search.planning import Plan, PlanItem
 from image_search.records import ImageRecord, Upload
+from image_search.stores.base import TagCount
 
 logger = logging.getLogger("ray.serve")
 T = TypeVar("T")
@@ -50,6 +51,9 @@ class Indexer:
             time.sleep(FLUSH_CHECK_S)
             try:
                 self.svc.stores.vectors.flush_if_due()
+                regions = self.svc.region_index()
+                if regions is not None:  # its tail of parts, too
+                    regions.flush_if_due()
             except SearchEngineError as exc:
                 logger.warning("periodic flush failed: %s", exc.message)
 
@@ -60,6 +64,7 @@ class Indexer:
         return IngestItem(
             upload.new_image(decoded.width, decoded.height), data, self._vector(embedding),
             decoded.thumbnail if same_size else b"",
+            None if embedding is None else embedding.regions,
         )  # fmt: skip
 
     def _vector(self, embedding: Embedding | None) -> np.ndarray | None:
@@ -114,10 +119,23 @@ class Indexer:
         return await self._run(self.svc.ingest_many, items)
 
     async def search(
-        self, embedding: Embedding, offset: int, limit: int, threshold: float | None
+        self,
+        embedding: Embedding,
+        offset: int,
+        limit: int,
+        threshold: float | None,
+        tags: tuple[str, ...] = (),
+        mode: str = "global",
     ) -> list[Hit]:
         vector = self.svc.accept(embedding)
-        return await self._run(self.svc.search, vector, offset, limit, threshold)
+        if mode == "regions":
+            return await self._run(self.svc.search_regions, vector, embedding.regions, offset,
+                                   limit, threshold, tags)  # fmt: skip
+        return await self._run(self.svc.search, vector, offset, limit, threshold, tags)
+
+    async def has_regions(self) -> bool:
+        """Whether the collection has region vectors (uploads then bring their views)."""
+        return await self._run(lambda: self.svc.region_index() is not None)
 
     async def stored_embedding(self, meta_uuid: str) -> Embedding:
         return await self._run(self.svc.stored_embedding, meta_uuid)
@@ -125,11 +143,16 @@ class Indexer:
     async def get(self, meta_uuid: str) -> ImageRecord:
         return await self._run(self.svc.get, meta_uuid)
 
-    async def page(self, offset: int, limit: int) -> tuple[list[ImageRecord], int]:
-        return await self._run(self.svc.page, offset, limit)
+    async def page(
+        self, offset: int, limit: int, tags: tuple[str, ...] = ()
+    ) -> tuple[list[ImageRecord], int]:
+        return await self._run(self.svc.page, offset, limit, tags)
 
-    async def counts(self) -> tuple[int, int]:
-        return await self._run(self.svc.counts)
+    async def counts(self, tags: tuple[str, ...] = ()) -> tuple[int, int]:
+        return await self._run(self.svc.counts, tags)
+
+    async def tag_counts(self, limit: int) -> list[TagCount]:
+        return await self._run(self.svc.tag_counts, limit)
 
     async def delete(self, meta_uuid: str) -> ImageRecord:
         return await self._run(self.svc.delete, meta_uuid)

@@ -57,11 +57,14 @@ def meta_results(
 
 
 def search_hits(hits: Sequence[Hit], shown: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Hits with `distance` (squared L2 of unit vectors, 0..2) and `score` (0..100)."""
+    """Hits with `distance` (squared L2 of unit vectors, 0..2) and `score` (0..100); in
+    regions mode `matched_region` ({x, y, w, h} of the stored image, 0-1, and the query's
+    `cell` "3x3:4" with its `cell_box`) where a region or cell matched best, else null."""
     return [
-        {**s, "distance": h.distance, "score": (2.0 - h.distance) / 2.0 * 100.0}
+        {**s, "distance": h.distance, "score": (2.0 - h.distance) / 2.0 * 100.0,
+         "matched_region": h.matched_region.fields() if h.matched_region else None}
         for h, s in zip(hits, shown, strict=True)
-    ]
+    ]  # fmt: skip
 
 
 def batch_outcome(

@@ -12,6 +12,7 @@ from deployments import metrics
 from deployments.envelope import ERROR_RESPONSES, ok
 from deployments.flows import IngressFlows
 from deployments.responses import IMAGE_RESPONSE, batch_outcome, meta_results, mime_for, search_hits
+from image_search.config import SearchMode
 from image_search.errors import BadRequest, ImageTooLarge, NotFound
 from image_search.records import ImageRecord, check_meta_uuid, parse_tags, valid_object_key
 
@@ -19,8 +20,23 @@ WEB_DIR = Path(__file__).parent / "web"
 router = APIRouter(responses=ERROR_RESPONSES)
 # Any page offset past this is past any library; larger ones overflow SQL's 64-bit OFFSET.
 MAX_OFFSET = 2**31 - 1
+# Region search per request (image_search/regions.py); default search.mode.
+MODE_HELP = (
+    "global: whole-picture search; regions: also finds a picture from a crop, a thumbnail or "
+    "a collage containing it (409 where the collection has no region vectors). Default: "
+    "search.mode (auto: regions where the collection has them)"
+)
 # Groups per page of the duplicate review (each holds two images or more).
 MAX_DUPLICATE_GROUPS = 100
+# Tags per answer of GET /tags (the most used first).
+MAX_TAG_COUNTS = 1000
+# A tag filter, the same on every route that takes one (parse_tags checks each value).
+TAG_FILTER = (
+    "Only images that carry every one of these tags (exact match, case included): repeat "
+    "the field or separate tags with commas"
+)
+TagQuery = Annotated[list[str] | None, Query(description=TAG_FILTER)]
+TagForm = Annotated[list[str] | None, Form(description=TAG_FILTER)]
 
 
 def _flows(request: Request) -> IngressFlows:
@@ -126,15 +142,29 @@ async def list_images(
     request: Request,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+    tags: TagQuery = None,
 ) -> dict[str, Any]:
-    records, total = await flows.page(offset, limit)
+    """A page, newest first, and `total`; with `tags`, of the images that carry them all."""
+    records, total = await flows.page(offset, limit, parse_tags(tags))
     return ok(data=await shown(flows, request, records), total=total)
 
 
 @router.get("/meta/image/count")
-async def count(flows: Flows) -> dict[str, Any]:
-    images, vectors = await flows.counts()
-    return ok(image_count=images, vector_count=vectors)
+async def count(flows: Flows, tags: TagQuery = None) -> dict[str, Any]:
+    """`image_count` (with `tags`: of the images that carry them all), `vector_count`, and
+    `regions`: whether the collection has region vectors (search `mode=regions` works)."""
+    images, vectors = await flows.counts(parse_tags(tags))
+    regions = await flows.collection_has_regions()
+    return ok(image_count=images, vector_count=vectors, regions=regions)
+
+
+@router.get("/tags")
+async def tag_counts(
+    flows: Flows, limit: Annotated[int, Query(ge=1, le=MAX_TAG_COUNTS)] = 200
+) -> dict[str, Any]:
+    """The most used tags, each with the number of images that carry it."""
+    counts = await flows.tag_counts(limit)
+    return ok(data=[{"tag": c.tag, "count": c.images} for c in counts])
 
 
 @router.delete("/meta/image/images")
@@ -180,9 +210,13 @@ async def search(
     offset: Annotated[int, Form(ge=0)] = 0,
     limit: Annotated[int, Form(ge=1)] = 100,
     threshold: Annotated[float | None, Form(ge=0.0, le=4.0)] = None,
+    tags: TagForm = None,
+    mode: Annotated[SearchMode | None, Form(description=MODE_HELP)] = None,
 ) -> dict[str, Any]:
+    """Search by an image; with `tags`, among the images that carry them all."""
+    labels = parse_tags(tags)  # checked before the file is read
     data = await read_upload(file, flows.settings.limits.max_upload_bytes)
-    hits = await flows.search_bytes(data, offset, limit, threshold)
+    hits = await flows.search_bytes(data, offset, limit, threshold, labels, mode)
     metrics.count_search("file")
     return ok(data=search_hits(hits, await shown(flows, request, [h.record for h in hits])))
 
@@ -195,9 +229,11 @@ async def search_stored(
     offset: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1)] = 100,
     threshold: Annotated[float | None, Query(ge=0.0, le=4.0)] = None,
+    tags: TagQuery = None,
+    mode: Annotated[SearchMode | None, Query(description=MODE_HELP)] = None,
 ) -> dict[str, Any]:
     """Search with an image that is already stored: no upload, no embedding."""
-    hits = await flows.search_stored(meta_uuid, offset, limit, threshold)
+    hits = await flows.search_stored(meta_uuid, offset, limit, threshold, parse_tags(tags), mode)
     metrics.count_search("stored")
     return ok(data=search_hits(hits, await shown(flows, request, [h.record for h in hits])))
 

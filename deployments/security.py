@@ -51,6 +51,7 @@ ROUTE_SCOPES: dict[tuple[str, str], KeyScope | None] = {
     ("GET", "/files/{key:path}"): "read",
     ("GET", "/sample/meta/{meta_uuid}"): "read",
     ("GET", "/duplicates"): "read",
+    ("GET", "/tags"): "read",
     ("POST", "/sample/file"): "read",  # a search: it stores nothing
     ("POST", "/meta/image/file"): "write",
     ("POST", "/meta/image/files"): "write",

@@ -93,16 +93,19 @@ class StoreSettings(_Section):
     index_params: dict[str, Any] = Field(default_factory=lambda: {"M": 16, "efConstruction": 200})
     search_params: dict[str, Any] = Field(default_factory=lambda: {"ef": 128})
     consistency_level: Literal["Strong", "Session", "Bounded", "Eventually"] = "Strong"
+    # Searches only: Strong makes each one wait for Milvus's next time tick (about 200 ms per
+    # search on a Milvus server, measured), Session waits only for this process's own writes.
+    search_consistency_level: Literal["Strong", "Session", "Bounded", "Eventually"] = "Session"
     lite_port: int = Field(19531, ge=1, le=65535)
     connect_timeout_s: float = Field(5.0, gt=0)
 
-    @field_validator("consistency_level")
+    @field_validator("consistency_level", "search_consistency_level")
     @classmethod
     def _read_after_write(cls, v: str) -> str:
         # Bounded/Eventually let a search miss an image that was just uploaded (a defect of
         # the original); refuse them rather than document a surprise.
         if v not in ("Strong", "Session"):
-            raise ValueError("consistency_level must be Strong or Session (read-after-write)")
+            raise ValueError("consistency levels must be Strong or Session (read-after-write)")
         return v
 
 
@@ -167,6 +170,25 @@ class DuplicateSettings(_Section):
         return self
 
 
+SearchMode = Literal["global", "regions"]
+
+
+class SearchSettings(_Section):
+    """Region search (image_search/regions.py; figures in docs/evaluation.md and the README)."""
+
+    # Build new collections with region vectors (a thumbnail view and ~9 R-MAC regions per
+    # image in a second collection: ~10x the vectors, ~3x the embedding work per upload). An
+    # existing collection keeps what it was built with: `python -m pipelines.reembed --regions`
+    # builds a new one with them.
+    regions: bool = False
+    # The default per request when none is given: auto = regions where the collection has
+    # region vectors, else global. Asking regions of a collection without them is a 409.
+    mode: Literal["auto", "global", "regions"] = "auto"
+    # The query's 2x2/3x3 cells: cut and embedded one by one (13 passes; measured best on
+    # collages) or pooled from one 448 px pass over the query (2 passes; docs: q1).
+    query_cells: Literal["cut", "pooled"] = "cut"
+
+
 class Settings(_Section):
     environment: Literal["development", "production"] = "development"
     model: ModelSettings = Field(default_factory=ModelSettings)
@@ -175,6 +197,7 @@ class Settings(_Section):
     server: ServerSettings = Field(default_factory=ServerSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     duplicates: DuplicateSettings = Field(default_factory=DuplicateSettings)
+    search: SearchSettings = Field(default_factory=SearchSettings)
 
     @property
     def keys_required(self) -> bool:

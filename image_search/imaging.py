@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, features
@@ -158,6 +159,9 @@ class DecodedImage:
     # decodes a full original for one; empty when not asked for (searches).
     thumbnail: bytes = b""
     thumbnail_size: int = 0
+    # Region search's extra inputs (an image_search.regions.RegionViews), when asked for;
+    # typed loosely because regions builds on this module.
+    views: Any = None
 
 
 def _sniff_isobmff(data: bytes) -> str | None:

@@ -52,8 +52,18 @@ from image_search.errors import (
 from image_search.imaging import thumbnail_jpeg
 from image_search.planning import Plan, PlanItem, plan_items
 from image_search.records import ImageRecord, NewImage, milvus_id_for, thumbnail_key_for
-from image_search.stores import Stores, open_stores
-from image_search.stores.base import PURGING, ContentKey, PinLost, Purge
+from image_search.regions import (
+    Candidate,
+    MatchedRegion,
+    QueryHits,
+    RegionVectors,
+    fetch_sizes,
+    first_part_fetch,
+    merge,
+    parts_suffice,
+)
+from image_search.stores import RegionIndex, Stores, open_stores, records_regions
+from image_search.stores.base import PURGING, ContentKey, PinLost, Purge, TagCount, VectorHit
 from image_search.stores.vectors import MAX_TOP_K
 
 logger = logging.getLogger(__name__)
@@ -71,12 +81,19 @@ POLL_S = 0.05
 IMAGE_PREFIX = "meta/image/"
 THUMB_PREFIX = "thumb/"
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+# A tagged search restricts the vector search to the tagged contents up to this many (their
+# ids travel in the Milvus filter expression); above, it over-fetches and filters, growing
+# the fetch this many times per round up to MAX_TOP_K (IndexService.search_tagged).
+TAG_PREFILTER_MAX = 4096
+TAG_OVERFETCH_GROWTH = 4
 
 
 @dataclass(frozen=True)
 class Hit:
     record: ImageRecord
     distance: float
+    # Region search: where the best match lies (a stored region, a query cell), else None.
+    matched_region: MatchedRegion | None = None
 
 
 @dataclass
@@ -85,6 +102,9 @@ class IngestItem:
     data: bytes
     vector: np.ndarray | None  # None when the content already has a vector
     thumbnail: bytes = b""  # made by the decoder at ingest; b"": made on first request
+    # Region search's vectors of the content (thumbnail view, regions), written with its
+    # vector where the collection has regions (IndexService.region_index).
+    regions: RegionVectors | None = None
 
 
 def content_key(new: NewImage) -> ContentKey:
@@ -100,6 +120,7 @@ class IndexService:
         self.stores = stores
         self.max_pixels = max_pixels
         self.thumbnail_size = thumbnail_size
+        self.tag_prefilter_max = TAG_PREFILTER_MAX
 
     @classmethod
     def from_settings(cls, settings: Settings) -> IndexService:
@@ -115,6 +136,9 @@ class IndexService:
         """
         self.stores.metadata.create_schema()
         self.stores.vectors.ping()
+        regions = self.region_index()
+        if regions is not None:
+            regions.ping()  # creates the region collection beside a new vector collection
 
     def readiness(self) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -225,6 +249,12 @@ class IndexService:
         by_id = {it.new.milvus_id: it.vector for it in items if it.vector is not None}
         if by_id:
             st.vectors.upsert(list(by_id), np.stack(list(by_id.values())))
+        regions = self.region_index()
+        parts = {it.new.milvus_id: it.regions for it in items if it.regions is not None}
+        if regions is not None and parts:
+            # Before the commit, like the vector: a row never exists without its regions.
+            regions.upsert_parts(list(parts), [p.vectors for p in parts.values()],
+                                 [p.boxes for p in parts.values()])  # fmt: skip
 
     def _commit(
         self, item: IngestItem, token: str, missing: set[int]
@@ -234,6 +264,11 @@ class IndexService:
         if item.new.milvus_id in missing:
             self._release(key, token)
             return StoreUnavailable("content is known but its vector is missing", "vectors")
+        if item.vector is not None and item.regions is None and self.region_index() is not None:
+            # A writer that did not make region vectors (the collection gained them after it
+            # started, mid-switch): retryable, the next try goes through the new graph.
+            self._release(key, token)
+            return StoreUnavailable("this collection needs region vectors; retry", "vectors")
         try:
             return self.stores.metadata.commit(item.new, token)
         except Conflict as exc:
@@ -247,6 +282,13 @@ class IndexService:
         """Known content must really have its vector before a new row may point at it."""
         ids = [it.new.milvus_id for it in items]
         found = self.stores.vectors.get(ids) if ids else {}
+        regions = self.region_index()
+        need_parts = [it.new.milvus_id for it in items if it.regions is None]
+        if regions is not None and need_parts:
+            # And, where the collection has regions, its region vectors (unless this write
+            # brought them).
+            have = regions.owners_with_parts(need_parts)
+            found = {i: v for i, v in found.items() if i in have or i not in need_parts}
         return set(ids) - set(found)
 
     def _release(self, key: ContentKey, token: str) -> None:
@@ -305,7 +347,11 @@ class IndexService:
             raise
 
     def _delete_data(self, keys: Sequence[ContentKey], extra_keys: Sequence[str] = ()) -> None:
-        # Vector first: a crash midway leaves an object, which names the content for reconcile.
+        # Vectors first: a crash midway leaves an object, which names the content for
+        # reconcile. Region vectors before the vector, which names them in turn.
+        regions = self.region_index()
+        if regions is not None:
+            regions.delete_owners([k.milvus_id for k in keys])
         self.stores.vectors.delete([k.milvus_id for k in keys])
         for k in keys:
             if k.file_path:
@@ -376,7 +422,71 @@ class IndexService:
                 n += self.purge_orphan(ContentKey(milvus_id_for(sha), sha, key))
         for mid in list(st.vectors.ids()):
             n += self.purge_orphan(ContentKey(mid))
+        regions = self.region_index()
+        for mid in list(regions.owners()) if regions is not None else []:
+            n += self.purge_orphan(ContentKey(mid))
         return n
+
+    # -- region search ----------------------------------------------------------------------
+    def region_index(self) -> RegionIndex | None:
+        """The region collection, where the vector collection records that it has one (it
+        was created with region search on; image_search/regions.py); else None."""
+        if self.stores.regions is None or not records_regions(self.stores.vectors):
+            return None
+        return self.stores.regions
+
+    def search_regions(
+        self,
+        vector: np.ndarray,
+        cells: RegionVectors | None,
+        offset: int,
+        limit: int,
+        threshold: float | None = None,
+        tags: Sequence[str] = (),
+    ) -> list[Hit]:
+        """Region search: the query's global vector and its cells, each searched against the
+        images' global vectors and their parts (thumbnail view, regions), merged per image
+        by best adjusted score (image_search.regions.merge); `distance` stays the raw
+        distance of that best match. Conflict where the collection has no region vectors.
+        With `tags`, the merged candidates are filtered (no pre-filter: a tagged image
+        outside every query vector's over-fetch is not found, a short page)."""
+        regions = self.region_index()
+        if regions is None:
+            raise Conflict(
+                "this collection has no region vectors: search with mode=global, or build "
+                "them with `python -m pipelines.reembed --regions --collection NEW` "
+                "(README, Region search)"
+            )
+        want = offset + limit
+        # Over-fetch (fetch_sizes): rows without a row are dropped, as in search.
+        n_images, n_parts = fetch_sizes(min(MAX_TOP_K, want + 16))
+        n_images, n_parts = min(MAX_TOP_K, n_images), min(MAX_TOP_K, n_parts)
+        queries = np.concatenate([vector.reshape(1, -1)] + (
+            [cells.vectors] if cells is not None and len(cells.vectors) else []))  # fmt: skip
+        labels: list[str | None] = [None] + (list(cells.labels) if cells is not None else [])
+        boxes = [None] + (list(cells.boxes) if cells is not None else [])
+        # Parts at a typical count per image first; at the bound only for the query vectors
+        # whose first fetch holds fewer than n_images images (parts_suffice): same result.
+        first = first_part_fetch(n_images, n_parts)
+        parts = regions.search_parts(queries, first)
+        short = [i for i, hits in enumerate(parts)
+                 if not parts_suffice([h.owner for h in hits], first, n_images)]  # fmt: skip
+        if short and first < n_parts:
+            for i, hits in zip(short, regions.search_parts(queries[short], n_parts), strict=True):
+                parts[i] = hits
+        found = []
+        for q, label, box, part_hits in zip(queries, labels, boxes, parts, strict=True):
+            cands = [Candidate(h.id, h.distance) for h in self.stores.vectors.search(q, n_images)]
+            cands += [Candidate(h.owner, h.distance, h.part, h.box) for h in part_hits]
+            found.append(QueryHits(cands, label, box))
+        scored = merge(found)
+        if threshold is not None:
+            scored = [s for s in scored if s.distance <= threshold]
+        if not tags:
+            scored = scored[: want + 16]  # as search: rowless hits, vectors shared by rows
+        rows = self.stores.metadata.by_milvus_ids([s.owner for s in scored], tags)
+        out = [Hit(rec, s.distance, s.region) for s in scored for rec in rows.get(s.owner, [])]
+        return out[offset:want]
 
     # -- reads ----------------------------------------------------------------------------
     def get(self, meta_uuid: str) -> ImageRecord:
@@ -385,12 +495,19 @@ class IndexService:
             raise NotFound(f"image {meta_uuid!r} not found")
         return rec
 
-    def page(self, offset: int, limit: int) -> tuple[list[ImageRecord], int]:
+    def page(
+        self, offset: int, limit: int, tags: Sequence[str] = ()
+    ) -> tuple[list[ImageRecord], int]:
+        """One page, newest first, and the total; with `tags`, of the images carrying all."""
         md = self.stores.metadata
-        return md.page(offset, limit), md.count()
+        return md.page(offset, limit, tags), md.count(tags)
 
-    def counts(self) -> tuple[int, int]:
-        return self.stores.metadata.count(), self.stores.vectors.count()
+    def tag_counts(self, limit: int) -> list[TagCount]:
+        return self.stores.metadata.tag_counts(limit)
+
+    def counts(self, tags: Sequence[str] = ()) -> tuple[int, int]:
+        """Rows (with `tags`: those carrying all of them) and the whole index's vectors."""
+        return self.stores.metadata.count(tags), self.stores.vectors.count()
 
     def stored_embedding(self, meta_uuid: str) -> Embedding:
         """The vector an image is indexed by, for a search with a stored image."""
@@ -401,9 +518,17 @@ class IndexService:
         return Embedding(self.stores.vectors.model_id, found[rec.milvus_id])
 
     def search(
-        self, vector: np.ndarray, offset: int, limit: int, threshold: float | None = None
+        self,
+        vector: np.ndarray,
+        offset: int,
+        limit: int,
+        threshold: float | None = None,
+        tags: Sequence[str] = (),
     ) -> list[Hit]:
-        """Nearest images, ascending squared-L2 distance; rows fetched in one query."""
+        """Nearest images, ascending squared-L2 distance; rows fetched in one query. With
+        `tags`, only images that carry every one of them (search_tagged)."""
+        if tags:
+            return self.search_tagged(vector, offset, limit, threshold, tags)
         want = offset + limit
         # Ask for a little more than needed: hits without a row (mid-ingest or orphaned) are
         # dropped, and one vector can stand for several rows with the same bytes.
@@ -416,6 +541,45 @@ class IndexService:
             for rec in rows.get(h.id, []):
                 out.append(Hit(rec, max(0.0, h.distance)))
         return out[offset:want]
+
+    def search_tagged(
+        self,
+        vector: np.ndarray,
+        offset: int,
+        limit: int,
+        threshold: float | None,
+        tags: Sequence[str],
+    ) -> list[Hit]:
+        """Nearest images that carry every one of `tags`.
+
+        Up to tag_prefilter_max contents carry them: the vector search is restricted to those
+        (Milvus filters by id before ranking), so the page is exact within the tag. More: the
+        nearest vectors are fetched and the tagged rows kept, fetching TAG_OVERFETCH_GROWTH
+        times more while a page is short, up to MAX_TOP_K; a tagged image that is not among
+        the nearest MAX_TOP_K vectors of the whole library is then not found (a short page).
+        """
+        want = offset + limit
+        fetch = min(MAX_TOP_K, want + 16)  # as search: rowless hits, vectors shared by rows
+        ids = self.stores.metadata.tagged_contents(tags, self.tag_prefilter_max)
+        if ids is not None:
+            hits = self.stores.vectors.search(vector, fetch, ids=ids)
+            return self._tagged_hits(hits, threshold, tags)[offset:want]
+        fetch = min(MAX_TOP_K, fetch * TAG_OVERFETCH_GROWTH)
+        while True:
+            hits = self.stores.vectors.search(vector, fetch)
+            out = self._tagged_hits(hits, threshold, tags)
+            beyond = threshold is not None and bool(hits) and hits[-1].distance > threshold
+            if len(out) >= want or len(hits) < fetch or fetch >= MAX_TOP_K or beyond:
+                return out[offset:want]
+            fetch = min(MAX_TOP_K, fetch * TAG_OVERFETCH_GROWTH)
+
+    def _tagged_hits(
+        self, hits: Sequence[VectorHit], threshold: float | None, tags: Sequence[str]
+    ) -> list[Hit]:
+        """One Hit per tagged row of each vector hit within the threshold, in hit order."""
+        kept = [h for h in hits if threshold is None or h.distance <= threshold]
+        rows = self.stores.metadata.by_milvus_ids([h.id for h in kept], tags)
+        return [Hit(rec, max(0.0, h.distance)) for h in kept for rec in rows.get(h.id, [])]
 
     # -- duplicate review -----------------------------------------------------------------
     @functools.cached_property

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -26,6 +28,9 @@ META_UUID_RULE = (
 # is escaped), so its length is what the column holds, on SQLite and MySQL alike.
 TAGS_MAX_JSON = 2048
 TAGS_MAX_COUNT = 64
+# One tag is also a key of the `image_tag` index (what tag filters search): 512 characters
+# keep (image, tag) within MySQL's 3072-byte index key in utf8mb4 (4 bytes a character).
+TAG_MAX_CHARS = 512
 # Object keys are derived from hashes (object_key_for, thumbnail_key_for): anything else that
 # reaches the file route is not ours, and may hold bytes a file system refuses (NUL).
 OBJECT_KEY_RE = re.compile(r"^meta/image/[0-9a-f]{64}\.[a-z0-9]{1,5}$")
@@ -44,23 +49,44 @@ def check_meta_uuid(meta_uuid: str | None) -> str | None:
     return meta_uuid
 
 
-def tags_json(tags: tuple[str, ...] | list[str]) -> str:
+def tags_json(tags: Sequence[str]) -> str:
     """The stored form of tags (one place, so the limit below measures what is written)."""
     return json.dumps(list(tags))
 
 
-def check_tags(tags: tuple[str, ...] | list[str]) -> tuple[str, ...]:
-    """Tags that fit their column, or a 400 before anything is written."""
+def normal_tags(tags: Sequence[str]) -> tuple[str, ...]:
+    """Tags as stored: stripped, no empty ones, each once, in the order given.
+
+    Stripped because MariaDB compares strings ignoring trailing spaces (PAD SPACE), so "a "
+    and "a" would be one key of the tag index there and two on SQLite.
+    """
+    return tuple(dict.fromkeys(t.strip() for t in tags if t.strip()))
+
+
+def _check_tag(tag: str) -> None:
+    if len(tag) > TAG_MAX_CHARS:
+        raise BadRequest(f"a tag is at most {TAG_MAX_CHARS} characters ({tag[:20]!r}...)")
+    if any(unicodedata.category(c) == "Cc" for c in tag):
+        raise BadRequest(f"a tag may not contain control characters ({tag[:20]!r})")
+
+
+def check_tags(tags: Sequence[str]) -> tuple[str, ...]:
+    """Tags that fit their column and the tag index, normalised; a 400 before any write."""
+    tags = normal_tags(tags)
     if len(tags) > TAGS_MAX_COUNT:
         raise BadRequest(f"{len(tags)} tags; at most {TAGS_MAX_COUNT}")
     if len(tags_json(tags)) > TAGS_MAX_JSON:
         raise BadRequest(f"tags are too long: at most {TAGS_MAX_JSON} characters as JSON")
-    return tuple(tags)
+    for tag in tags:
+        _check_tag(tag)
+    return tags
 
 
-def parse_tags(raw: str | None) -> tuple[str, ...]:
-    """The upload form's comma-separated labels, checked."""
-    return check_tags(tuple(t.strip() for t in (raw or "").split(",") if t.strip()))
+def parse_tags(raw: str | Sequence[str] | None) -> tuple[str, ...]:
+    """Comma-separated labels, checked: the upload form's `tags`, and a tag filter's values
+    (a filter may repeat its parameter, each value comma-separated too)."""
+    values = [raw] if isinstance(raw, str) else list(raw or ())
+    return check_tags([t for v in values for t in v.split(",")])
 
 
 def valid_object_key(key: str) -> bool:

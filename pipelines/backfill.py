@@ -3,7 +3,9 @@
     ray job submit --working-dir . -- python -m pipelines.backfill --source SRC [--report R]
 
 read + hash + plan + decode (CPU tasks) -> embed (actor pool, model loaded once per actor)
--> write (actor pool; IndexService.ingest_many: object -> vector -> metadata row).
+-> write (actor pool; IndexService.ingest_many: object -> vector -> metadata row). Into a
+collection built with region vectors (search.regions), each new image's region vectors are
+made on the way, by the service's code, and written with its vector.
 Known content is found before the embedder, so a rerun embeds nothing twice; a job stopped
 midway leaves at most unreferenced objects/vectors, which the rerun adopts (same keys, same
 ids) or `pipelines.reconcile` removes.
@@ -22,7 +24,7 @@ from typing import Any
 from image_search.config import Settings
 from image_search.errors import StoreUnavailable
 from image_search.indexing import IndexService
-from image_search.stores import open_stores, open_vectors
+from image_search.stores import open_regions, open_stores, open_vectors
 from pipelines.batches import Row
 from pipelines.options import PoolOptions, add_pool_arguments, pool_options_from_args
 from pipelines.runtime import (
@@ -104,21 +106,26 @@ class Summary:
         }
 
 
-def ensure_stores(settings: Settings) -> None:
-    """Create schema and collection once, in the driver, before any actor races to do it.
+def ensure_stores(settings: Settings) -> bool:
+    """Create schema and collection once, in the driver, before any actor races to do it;
+    whether the collection has region vectors (then the job makes them too).
 
     Also fails fast (ConfigError) when the collection belongs to another model.
     """
-    IndexService(open_stores(settings)).ensure_stores()
+    svc = IndexService(open_stores(settings))
+    svc.ensure_stores()
+    return svc.region_index() is not None
 
 
-def flush_vectors(settings: Settings) -> bool:
+def flush_vectors(settings: Settings, regions: bool = False) -> bool:
     """Flush the vectors written; False (logged) when the index would not answer.
 
     Milvus searches unflushed rows by brute force, so a flushed index is faster to search, but
     the rows are written either way (and the service flushes by itself): not worth failing for.
     """
     try:
+        if regions:
+            with_retries("flush regions", open_regions(settings).flush)
         with_retries("flush", open_vectors(settings).flush)
     except StoreUnavailable as exc:
         logger.warning("final flush failed, searches stay correct but slower: %s", exc.message)
@@ -137,18 +144,19 @@ def run(settings: Settings, source: str, opts: PoolOptions | None = None) -> dic
     logger.info("backfill of %s: %d files to read (%d ignored, %d rejected entries)",
                 source, len(listing.items), listing.ignored, len(listing.rejected))  # fmt: skip
     summary = Summary()
-    flushed = True
+    flushed, regions = True, False
     for entry in listing.rejected:
         summary.add({**entry, "status": "skipped", "meta_uuid": ""})
     if listing.items:
-        ensure_stores(settings)
-        ds = backfill_dataset([it.row() for it in listing.items], settings, opts)
+        regions = ensure_stores(settings)
+        ds = backfill_dataset([it.row() for it in listing.items], settings, opts, regions)
         stream_rows(ds, summary.add_batch)
-        flushed = flush_vectors(settings)
+        flushed = flush_vectors(settings, regions)
     seen = len(listing.items) + len(listing.rejected)
     report = summary.report(seen, listing.ignored, tagged, started)
     report["source"] = source
     report["vectors_flushed"] = flushed
+    report["region_vectors"] = regions
     logger.info(
         "backfill done: seen %d, indexed %d, duplicates %d, conflicts %d, skipped %d, "
         "failed %d, %.1f images/s",

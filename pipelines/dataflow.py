@@ -2,7 +2,9 @@
 
 One builder for the backfill (files -> rows) and one for stored content (objects -> vectors
 of another model, or of the current model for rows whose vector is missing), which
-`embed_contents` runs for the re-embed and reconcile jobs.
+`embed_contents` runs for the re-embed and reconcile jobs. Where the target collection has
+region vectors (image_search.stores.records_regions), every stage also carries region
+search's columns: views from the CPU stage, region vectors from the embedder.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 from image_search.config import Settings, settings_to_json
 from image_search.embedding import ALLOCATOR_ENV
-from image_search.stores import open_vectors
+from image_search.stores import open_regions, open_vectors, records_regions
 from pipelines.batches import Batch, Row, to_rows
 from pipelines.findings import Content
 from pipelines.options import PoolOptions
@@ -33,7 +35,12 @@ def _source(rows: list[Row]) -> Any:
 
 
 def _embed_and_write(
-    ds: Any, model_json: str, write_cls: type, write_kwargs: dict[str, Any], opts: PoolOptions
+    ds: Any,
+    model_json: str,
+    write_cls: type,
+    write_kwargs: dict[str, Any],
+    opts: PoolOptions,
+    regions: bool,
 ) -> Any:
     from ray.data import ActorPoolStrategy
 
@@ -41,7 +48,11 @@ def _embed_and_write(
 
     ds = ds.map_batches(
         EmbedStage,
-        fn_constructor_kwargs={"settings_json": model_json, "batch_size": opts.batch_size},
+        fn_constructor_kwargs={
+            "settings_json": model_json,
+            "batch_size": opts.batch_size,
+            "regions": regions,
+        },
         # All actors from the start (loading the model is the slow part of starting up); Ray
         # Data may still shrink the pool when the stage starves.
         compute=ActorPoolStrategy(
@@ -62,20 +73,29 @@ def _embed_and_write(
     )
 
 
-def backfill_dataset(rows: list[Row], settings: Settings, opts: PoolOptions) -> Any:
+def has_regions(settings: Settings, collection: str) -> bool:
+    """Whether `collection` was built with region vectors (then every write brings them)."""
+    return records_regions(open_vectors(settings, collection))
+
+
+def backfill_dataset(
+    rows: list[Row], settings: Settings, opts: PoolOptions, regions: bool = False
+) -> Any:
     from pipelines.reading import read_batch
     from pipelines.stages import WriteStage
 
     sj = settings_to_json(settings)
-    ds = _decode_stage(rows, read_batch, sj, opts)
-    return _embed_and_write(ds, sj, WriteStage, {"settings_json": sj}, opts)
+    ds = _decode_stage(rows, read_batch, sj, opts, regions)
+    return _embed_and_write(ds, sj, WriteStage, {"settings_json": sj}, opts, regions)
 
 
-def _decode_stage(rows: list[Row], fn: Any, settings_json: str, opts: PoolOptions) -> Any:
+def _decode_stage(
+    rows: list[Row], fn: Any, settings_json: str, opts: PoolOptions, regions: bool
+) -> Any:
     """The CPU-task stage both datasets start with: read, hash and decode rows in batches."""
     return _source(rows).map_batches(
         fn,
-        fn_kwargs={"settings_json": settings_json},
+        fn_kwargs={"settings_json": settings_json, "regions": regions},
         batch_size=min(opts.batch_size, ROWS_PER_BLOCK),
         batch_format="numpy",
         num_cpus=opts.decode_cpus,
@@ -83,16 +103,20 @@ def _decode_stage(rows: list[Row], fn: Any, settings_json: str, opts: PoolOption
 
 
 def content_dataset(
-    rows: list[Row], model_settings: Settings, collection: str, opts: PoolOptions
+    rows: list[Row],
+    model_settings: Settings,
+    collection: str,
+    opts: PoolOptions,
+    regions: bool = False,
 ) -> Any:
     """rows: sha256, milvus_id, file_path of stored content -> upserted into `collection`."""
     from pipelines.content import fetch_decode_batch
     from pipelines.stages import UpsertStage
 
     sj = settings_to_json(model_settings)
-    ds = _decode_stage(rows, fetch_decode_batch, sj, opts)
-    kwargs = {"settings_json": sj, "collection": collection}
-    return _embed_and_write(ds, sj, UpsertStage, kwargs, opts)
+    ds = _decode_stage(rows, fetch_decode_batch, sj, opts, regions)
+    kwargs = {"settings_json": sj, "collection": collection, "regions": regions}
+    return _embed_and_write(ds, sj, UpsertStage, kwargs, opts, regions)
 
 
 def stream_rows(ds: Any, on_rows: Callable[[list[Row]], None]) -> None:
@@ -105,9 +129,11 @@ def stream_rows(ds: Any, on_rows: Callable[[list[Row]], None]) -> None:
 def embed_contents(
     contents: Sequence[Content], model_settings: Settings, collection: str, opts: PoolOptions
 ) -> dict[str, Any]:
-    """Embed stored contents with model_settings.model into `collection` (re-embed, reconcile)."""
+    """Embed stored contents with model_settings.model into `collection` (re-embed, reconcile),
+    with their region vectors where the collection has them."""
     if not contents:
         return {"embedded": 0, "failed": [], "failed_count": 0}
+    regions = has_regions(model_settings, collection)
     rows = [
         {"sha256": c.sha256, "milvus_id": c.milvus_id, "file_path": c.file_path} for c in contents
     ]
@@ -121,6 +147,8 @@ def embed_contents(
             else:
                 failed.append({"file_path": row["file_path"], "reason": row["reason"]})
 
-    stream_rows(content_dataset(rows, model_settings, collection, opts), on_rows)
+    stream_rows(content_dataset(rows, model_settings, collection, opts, regions), on_rows)
+    if regions:
+        with_retries("flush regions", open_regions(model_settings, collection).flush)
     with_retries("flush", open_vectors(model_settings, collection).flush)
     return {"embedded": embedded, "failed": capped(failed), "failed_count": len(failed)}

@@ -1,7 +1,8 @@
 """Compare the three stores: rows lacking a vector or an object, vectors and objects lacking a row.
 
 The metadata row is the source of truth: anything else that no row references is an
-orphan, and a row whose side effects are gone is damaged.
+orphan, and a row whose side effects are gone is damaged. Where the collection has region
+vectors, an image's parts there (keyed by its vector id, their owner) count like its vector.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from image_search.indexing import IMAGE_PREFIX, THUMB_PREFIX, sha_of_key
+from image_search.indexing import IMAGE_PREFIX, THUMB_PREFIX, IndexService, sha_of_key
 from image_search.records import milvus_id_for
 from image_search.stores import MetadataStore, ObjectStore, Stores
 
@@ -35,6 +36,11 @@ class Findings:
     rows_without_vector: list[Content] = field(default_factory=list)
     rows_without_object: list[Content] = field(default_factory=list)
     orphan_vectors: list[int] = field(default_factory=list)
+    # Region search: contents that have a vector but no region vectors, and owners of region
+    # vectors that have neither a row nor a vector (an orphan vector's go with it).
+    rows_without_regions: list[Content] = field(default_factory=list)
+    orphan_regions: list[int] = field(default_factory=list)
+    region_owners: int = 0
     orphan_objects: list[str] = field(default_factory=list)
     # Keys outside the layout this service writes: reported, never deleted.
     foreign_objects: list[str] = field(default_factory=list)
@@ -48,6 +54,8 @@ class Findings:
             or self.rows_without_object
             or self.orphan_vectors
             or self.orphan_objects
+            or self.rows_without_regions
+            or self.orphan_regions
         )
 
 
@@ -66,6 +74,14 @@ def scan(stores: Stores) -> Findings:
     f.rows_without_vector = [c for c in contents if c.milvus_id not in vector_ids]
     f.rows_without_object = [c for c in contents if c.file_path not in key_set]
     f.orphan_vectors = sorted(vector_ids - row_ids)
+    regions = IndexService(stores).region_index()
+    if regions is not None:
+        owners = set(regions.owners())
+        f.region_owners = len(owners)
+        f.rows_without_regions = [
+            c for c in contents if c.milvus_id in vector_ids and c.milvus_id not in owners
+        ]
+        f.orphan_regions = sorted(owners - row_ids - vector_ids)
     for key in keys:
         sha = sha_of_key(key)
         if key.startswith(IMAGE_PREFIX) and sha:

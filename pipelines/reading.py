@@ -3,7 +3,8 @@
 Planning (image_search.planning) happens here, before the embedder, so a rerun over indexed
 files costs one read and one hash per file and never a forward pass. A row leaves with the
 planner's status (new, known, duplicate, conflict) or `skipped` when unreadable, not an image,
-corrupt or too large (its reason says which); only new rows carry decoded pixels.
+corrupt or too large (its reason says which); only new rows carry decoded pixels, and, where
+the collection has region vectors, region search's views (image_search.regions.index_views).
 """
 
 from __future__ import annotations
@@ -15,14 +16,16 @@ from image_search.config import Settings
 from image_search.errors import SearchEngineError
 from image_search.imaging import content_info, decode
 from image_search.planning import PlanItem, plan_items
+from image_search.regions import index_views
 from image_search.stores import MetadataStore
 from pipelines.batches import Batch, Row, skip_reason, to_batch, to_rows
 from pipelines.context import TaskContext, task_context
+from pipelines.region_columns import pack_views
 from pipelines.sources import read_bytes
 
 READ_COLUMNS = (
     "uri", "meta_uuid", "explicit_uuid", "file_name", "status", "reason", "sha256", "md5",
-    "ext", "mime", "size", "width", "height", "data", "pixels", "thumbnail", "tags",
+    "ext", "mime", "size", "width", "height", "data", "pixels", "thumbnail", "tags", "views",
 )  # fmt: skip
 
 
@@ -32,18 +35,19 @@ def blank_row(uri: str, meta_uuid: str, size: int, tags: str = "[]") -> Row:
         "uri": uri, "meta_uuid": meta_uuid, "explicit_uuid": bool(meta_uuid),
         "file_name": PurePosixPath(uri).name[:255], "status": "skipped", "reason": "",
         "sha256": "", "md5": "", "ext": "", "mime": "", "size": size, "width": 0, "height": 0,
-        "data": b"", "pixels": b"", "thumbnail": b"",
+        "data": b"", "pixels": b"", "thumbnail": b"", "views": b"",
     }  # fmt: skip
 
 
-def read_batch(batch: Batch, settings_json: str) -> Batch:
-    """Ray Data task (map_batches): source rows in, planned rows out (same count)."""
+def read_batch(batch: Batch, settings_json: str, regions: bool = False) -> Batch:
+    """Ray Data task (map_batches): source rows in, planned rows out (same count); with
+    `regions`, new rows also carry their views for region search."""
     ctx = task_context(settings_json)
     rows = [_read_and_hash(r, ctx.settings) for r in to_rows(batch)]
     plan(ctx.metadata, rows)
     for row in rows:
         if row["status"] == "new":
-            _decode(row, ctx)
+            _decode(row, ctx, regions)
         if row["status"] not in ("new", "known"):
             row["data"] = b""  # nothing to write: do not carry the bytes downstream
     return to_batch(rows, READ_COLUMNS)
@@ -77,10 +81,13 @@ def plan(metadata: MetadataStore, rows: Sequence[Row]) -> None:
             r["width"], r["height"] = p.same_content.width, p.same_content.height
 
 
-def _decode(row: Row, ctx: TaskContext) -> None:
+def _decode(row: Row, ctx: TaskContext, regions: bool) -> None:
+    max_pixels = ctx.settings.limits.max_pixels
     try:
-        decoded = decode(row["data"], ctx.spec, ctx.settings.limits.max_pixels,
+        decoded = decode(row["data"], ctx.spec, max_pixels,
                          thumbnail_size=ctx.settings.server.thumbnail_size)  # fmt: skip
+        if regions:  # as the service's Decoder: a second decode at the views' own draft size
+            row["views"] = pack_views(index_views(row["data"], ctx.spec, max_pixels))
     except SearchEngineError as exc:
         row["status"], row["reason"] = "skipped", skip_reason(exc)
         return

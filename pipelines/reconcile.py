@@ -4,7 +4,9 @@
 
 --fix deletes orphan vectors and objects older than the grace period and re-embeds rows whose
 vector is missing (a Ray Data job, same stages as the backfill). It never deletes a row: rows
-are the source of truth, and one whose object is gone is reported as unrecoverable.
+are the source of truth, and one whose object is gone is reported as unrecoverable. Where the
+collection has region vectors, orphan ones (no row, no vector) go the way orphan vectors do,
+and a content whose region vectors are missing is re-embedded like one without a vector.
 
 Ages: the ingest writes the object before the vector, so a vector is as old as its object. An
 orphan vector with a young object may belong to an ingest in flight and is kept; one with no
@@ -67,6 +69,9 @@ def describe(f: Findings, drift: list[RefDrift]) -> dict[str, Any]:
             "rows_without_vector": len(f.rows_without_vector),
             "rows_without_object": len(f.rows_without_object),
             "orphan_vectors": len(f.orphan_vectors),
+            "region_owners": f.region_owners,
+            "rows_without_regions": len(f.rows_without_regions),
+            "orphan_regions": len(f.orphan_regions),
             "orphan_objects": len(f.orphan_objects),
             "foreign_objects": len(f.foreign_objects),
             "ref_drift": len(drift),
@@ -75,6 +80,8 @@ def describe(f: Findings, drift: list[RefDrift]) -> dict[str, Any]:
         "rows_without_vector": contents(f.rows_without_vector),
         "rows_without_object": contents(f.rows_without_object),
         "orphan_vectors": capped(f.orphan_vectors),
+        "rows_without_regions": contents(f.rows_without_regions),
+        "orphan_regions": capped(f.orphan_regions),
         "orphan_objects": capped(f.orphan_objects),
         "foreign_objects": capped(f.foreign_objects),
         "ref_drift": [asdict(d) for d in capped(drift)],
@@ -114,6 +121,7 @@ def repair(
     out: dict[str, Any] = {"grace_s": grace_s}
     out.update(_repair_refs(svc, grace_s))
     out.update(_delete_orphan_vectors(svc, f, grace_s))
+    out.update(_delete_orphan_regions(svc, f, grace_s))
     out.update(_delete_orphan_objects(svc, f, grace_s))
     out.update(_reembed_missing(settings, svc, f, opts, address))
     with_retries("flush", stores.vectors.flush)
@@ -137,12 +145,32 @@ def _repair_refs(svc: IndexService, grace_s: float) -> dict[str, Any]:
 
 
 def _delete_orphan_vectors(svc: IndexService, f: Findings, grace_s: float) -> dict[str, Any]:
+    deleted, young = _delete_orphan_ids(svc, f, f.orphan_vectors, grace_s)
+    logger.info("deleted %d orphan vectors; kept %d younger than %.0fs",
+                deleted, len(young), grace_s)  # fmt: skip
+    return {"vectors_deleted": deleted, "vectors_kept_in_grace": capped(young)}
+
+
+def _delete_orphan_regions(svc: IndexService, f: Findings, grace_s: float) -> dict[str, Any]:
+    if not f.orphan_regions:
+        return {}
+    deleted, young = _delete_orphan_ids(svc, f, f.orphan_regions, grace_s)
+    logger.info("deleted the region vectors of %d images without a row; kept %d younger "
+                "than %.0fs", deleted, len(young), grace_s)  # fmt: skip
+    return {"region_owners_deleted": deleted, "region_owners_kept_in_grace": capped(young)}
+
+
+def _delete_orphan_ids(
+    svc: IndexService, f: Findings, ids: list[int], grace_s: float
+) -> tuple[int, list[int]]:
+    """Purge contents by vector id (their vector and region vectors) that no row references,
+    unless their object is younger than the grace period: an ingest may be in flight."""
     stores = svc.stores
     young: list[int] = []
     candidates: list[int] = []
-    related = [k for i in f.orphan_vectors for k in f.image_keys_by_id.get(i, [])]
+    related = [k for i in ids for k in f.image_keys_by_id.get(i, [])]
     ages = object_ages(stores.objects, related)
-    for vid in f.orphan_vectors:
+    for vid in ids:
         keys = f.image_keys_by_id.get(vid, [])
         # Unknown age (missing from `ages`) counts as young: never delete on a guess.
         if any(ages.get(k, 0.0) < grace_s for k in keys):
@@ -150,11 +178,9 @@ def _delete_orphan_vectors(svc: IndexService, f: Findings, grace_s: float) -> di
         else:
             candidates.append(vid)
     doomed = unreferenced_ids(stores.metadata, candidates) if candidates else []
-    # Only the vector: its object, if any, is an orphan object with its own age.
+    # Only the vectors: its object, if any, is an orphan object with its own age.
     deleted = sum(svc.purge_orphan(ContentKey(vid)) for vid in doomed)
-    logger.info("deleted %d orphan vectors; kept %d younger than %.0fs",
-                deleted, len(young), grace_s)  # fmt: skip
-    return {"vectors_deleted": deleted, "vectors_kept_in_grace": capped(young)}
+    return deleted, young
 
 
 def _delete_orphan_objects(svc: IndexService, f: Findings, grace_s: float) -> dict[str, Any]:
@@ -181,14 +207,17 @@ def _reembed_missing(
     settings: Settings, svc: IndexService, f: Findings, opts: PoolOptions, address: str | None
 ) -> dict[str, Any]:
     no_object = set(f.rows_without_object)
-    todo = [c for c in f.rows_without_vector if c not in no_object]
+    todo = [c for c in [*f.rows_without_vector, *f.rows_without_regions] if c not in no_object]
     if not todo:
         return {"reembedded": 0, "reembed_failed": [], "reembed_failed_count": 0}
     # Held while their vectors are written: a delete of the last row meanwhile then purges
     # the new vector too, instead of leaving it behind.
     with svc.holding([c.milvus_id for c in todo]) as held:
-        have = svc.stores.vectors.get(held) if held else {}
-        todo = [c for c in todo if c.milvus_id in set(held) - set(have)]
+        have = set(svc.stores.vectors.get(held)) if held else set()
+        regions = svc.region_index()
+        if regions is not None and held:
+            have &= regions.owners_with_parts(held)  # a vector alone is not complete
+        todo = [c for c in todo if c.milvus_id in set(held) - have]
         return _reembed(settings, todo, opts, address)
 
 

@@ -1,7 +1,13 @@
-"""Re-embed every stored image with another model, runtime or precision into a new collection.
+"""Re-embed every stored image with another model, runtime or precision, or with region
+search's vectors, into a new collection.
 
     python -m pipelines.reembed --model efficientnet-lite0 [--runtime auto] [--precision bf16] \
-        [--collection NEW] [--switch-app image_search] [--report out.json]
+        [--regions] [--collection NEW] [--switch-app image_search] [--report out.json]
+    python -m pipelines.reembed --regions [--collection NEW] [--switch-app image_search]
+
+--regions builds NEW with region vectors (a thumbnail view and R-MAC regions per image,
+image_search/regions.py; --model defaults to the one in service): the way an existing
+collection gains region search, since a collection keeps what it was built with.
 
 1. bulk: every distinct content the metadata knows (objects are keyed by the rows) is fetched,
    decoded for the new model, embedded by an actor pool and upserted into NEW. Contents NEW
@@ -28,7 +34,7 @@ from typing import Any, get_args
 from image_search.config import ModelSettings, Settings
 from image_search.embedding import MODELS
 from image_search.errors import ConfigError
-from image_search.stores import MetadataStore, open_metadata, open_vectors
+from image_search.stores import MetadataStore, open_metadata, open_vectors, records_regions
 from pipelines.dataflow import embed_contents
 from pipelines.findings import Content
 from pipelines.options import PoolOptions, add_pool_arguments, pool_options_from_args
@@ -47,10 +53,17 @@ CLOCK_SLACK = timedelta(seconds=30)
 
 
 def target_settings(
-    settings: Settings, model: str, precision: str, collection: str | None, runtime: str = "auto"
+    settings: Settings,
+    model: str,
+    precision: str,
+    collection: str | None,
+    runtime: str = "auto",
+    regions: bool = False,
 ) -> Settings:
     data = settings.model_dump(mode="json")
     data["model"].update(name=model, runtime=runtime, precision=precision)
+    # A new collection records whether it has region vectors from this (search.regions).
+    data["search"]["regions"] = regions
     if not collection:
         collection = default_collection(settings, Settings.model_validate(data))
     data["stores"]["collection"] = collection
@@ -61,8 +74,9 @@ def target_settings(
 
 
 def default_collection(settings: Settings, new: Settings) -> str:
-    """<old>__<model>_<runtime>_<precision>, resolved: e.g. image_vectors__resnet50_onnx_fp32."""
-    tag = new.model.runtime_choice().tag
+    """<old>__<model>_<runtime>_<precision>[_rmac], resolved: e.g.
+    image_vectors__resnet50_onnx_fp32, or image_vectors__resnet50_onnx_fp32_rmac with regions."""
+    tag = new.model.runtime_choice().tag + ("_rmac" if new.search.regions else "")
     return re.sub(r"[^A-Za-z0-9_]", "_", f"{settings.stores.collection}__{new.model.name}_{tag}")
 
 
@@ -83,6 +97,9 @@ def contents_since(metadata: MetadataStore, since: datetime) -> list[Content]:
 def missing_in(new: Settings, metadata: MetadataStore) -> list[Content]:
     target = open_vectors(new)
     target.ping()  # creates NEW bound to the new model id, or refuses one built by another
+    if new.search.regions and not records_regions(target):
+        raise ConfigError(f"collection {new.stores.collection!r} exists without region vectors: "
+                          "name another --collection for --regions")  # fmt: skip
     have = set(target.ids())
     return [Content(s, int(i), p) for s, i, p in metadata.iter_content() if int(i) not in have]
 
@@ -97,10 +114,11 @@ def run(
     serve_config: str | None = "serve_config.yaml",
     opts: PoolOptions | None = None,
     runtime: str = "auto",
+    regions: bool = False,
 ) -> dict[str, Any]:
     """Ray must be initialised (ensure_ray) on the cluster that runs the app to switch."""
     opts = opts or PoolOptions()
-    new = target_settings(settings, model, precision, collection, runtime)
+    new = target_settings(settings, model, precision, collection, runtime, regions)
     if switch_app:
         from pipelines.switch import app_details
 
@@ -112,8 +130,9 @@ def run(
     started, began_at = time.monotonic(), datetime.now(UTC)
     report: dict[str, Any] = {
         "from": {"model_id": settings.model.model_id, "collection": settings.stores.collection},
-        "to": {"model_id": new.model.model_id, "collection": new.stores.collection},
-    }
+        "to": {"model_id": new.model.model_id, "collection": new.stores.collection,
+               "regions": regions},
+    }  # fmt: skip
     todo = missing_in(new, metadata)
     logger.info("re-embedding %d contents into %s with %s", len(todo), new.stores.collection,
                 new.model.model_id)  # fmt: skip
@@ -132,6 +151,7 @@ def run(
         "model.runtime": new.model.runtime,
         "model.precision": new.model.precision,
         "stores.collection": new.stores.collection,
+        "search.regions": regions,
     }
     report["elapsed_s"] = round(time.monotonic() - started, 3)
     return report
@@ -141,9 +161,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     names = sorted(MODELS)
     runtimes = get_args(ModelSettings.model_fields["runtime"].annotation)
     precisions = get_args(ModelSettings.model_fields["precision"].annotation)
-    parser.add_argument("--model", required=True, choices=names)
+    parser.add_argument(
+        "--model", default=None, choices=names, help="default: the one in service (config)"
+    )
     parser.add_argument("--runtime", default="auto", choices=runtimes)
     parser.add_argument("--precision", default="auto", choices=precisions)
+    parser.add_argument(
+        "--regions",
+        action="store_true",
+        help="build the new collection with region search's vectors (README, Region search)",
+    )
     parser.add_argument(
         "--collection",
         default=None,
@@ -167,7 +194,7 @@ def command(args: argparse.Namespace) -> int:
     ensure_ray(args.address, settings)
     report = run(
         settings,
-        args.model,
+        args.model or settings.model.name,
         args.precision,
         args.collection,
         args.switch_app,
@@ -175,6 +202,7 @@ def command(args: argparse.Namespace) -> int:
         args.serve_config,
         pool_options_from_args(args),
         args.runtime,
+        args.regions,
     )
     write_report(report, args.report)
     failed = sum(report.get(k, {}).get("failed_count", 0) for k in ("bulk", "catch_up"))

@@ -34,14 +34,19 @@ class MemoryVectorIndex:
         self.model_id = model_id
         self.rows: dict[int, np.ndarray] = {}
         self.flushes = 0
+        self.searches: list[list[int] | None] = []  # each search's id restriction, if any
 
     def upsert(self, ids: Sequence[int], vectors: np.ndarray) -> None:
         if vectors.shape != (len(ids), self.dim):
             raise ValueError(f"vectors shape {vectors.shape} != ({len(ids)}, {self.dim})")
         self.rows.update({int(i): v.astype(np.float32) for i, v in zip(ids, vectors, strict=True)})
 
-    def search(self, vector: np.ndarray, limit: int) -> list[VectorHit]:
-        hits = [VectorHit(i, float(np.sum((v - vector) ** 2))) for i, v in self.rows.items()]
+    def search(
+        self, vector: np.ndarray, limit: int, ids: Sequence[int] | None = None
+    ) -> list[VectorHit]:
+        among = self.rows if ids is None else {i: self.rows[i] for i in ids if i in self.rows}
+        self.searches.append(None if ids is None else sorted(among))
+        hits = [VectorHit(i, float(np.sum((v - vector) ** 2))) for i, v in among.items()]
         return sorted(hits, key=lambda h: h.distance)[:limit]
 
     def range_search(self, vectors: np.ndarray, radius: float, limit: int) -> list[list[VectorHit]]:

@@ -99,13 +99,15 @@ function postWithProgress(path, form, onProgress) {
   }));
 }
 
-function searchForm(file, { limit, threshold }) {
+function searchForm(file, { limit, threshold, tag, mode }) {
   const form = new FormData();
   // Pasted images may have no name; the server only uses it for messages.
   form.append("file", file, file.name || "pasted-image");
   form.append("offset", "0");
   form.append("limit", String(limit));
   if (threshold !== null) form.append("threshold", String(threshold));
+  if (tag) form.append("tags", tag);
+  if (mode) form.append("mode", mode); // omitted: the service's default (search.mode)
   return form;
 }
 
@@ -113,23 +115,26 @@ const imagePath = (metaUuid) => `meta/image/${encodeURIComponent(metaUuid)}`;
 
 export const api = {
   count: () => requestJSON("meta/image/count"),
-  list: (offset, limit) => requestJSON("meta/image", { params: { offset, limit } }),
+  // tag: "" for every image, else only the images that carry it.
+  list: (offset, limit, tag) => requestJSON("meta/image", { params: { offset, limit, tags: tag } }),
+  tags: () => requestJSON("tags", { params: { limit: 1000 } }),
   remove: (metaUuid) => requestJSON(imagePath(metaUuid), { method: "DELETE" }),
   duplicates: (threshold, offset, limit) =>
     requestJSON("duplicates", { params: { threshold, offset, limit } }),
 
-  upload(file, onProgress) {
+  upload(file, onProgress, tags = "") {
     const form = new FormData();
     form.append("file", file, file.name);
+    if (tags) form.append("tags", tags); // comma-separated, as typed
     return postWithProgress("meta/image/file", form, onProgress);
   },
 
   searchFile: (file, options, signal) =>
     requestJSON("sample/file", { method: "POST", body: searchForm(file, options), signal }),
 
-  searchStored: (metaUuid, { limit, threshold }, signal) =>
+  searchStored: (metaUuid, { limit, threshold, tag, mode }, signal) =>
     requestJSON(`sample/meta/${encodeURIComponent(metaUuid)}`, {
-      params: { offset: 0, limit, threshold },
+      params: { offset: 0, limit, threshold, tags: tag, mode },
       signal,
     }),
 };

@@ -5,6 +5,7 @@ import { initGallery } from "./gallery.js";
 import { initKeys } from "./keys.js";
 import { describeError, showError, showNotice } from "./notify.js";
 import { initSearch } from "./search.js";
+import { initTagFilters } from "./tags.js";
 import { initUpload } from "./upload.js";
 
 const TABS = ["search", "upload", "gallery", "duplicates"];
@@ -22,6 +23,9 @@ for (const type of ["dragover", "drop"]) {
   });
 }
 
+const tagFilters = initTagFilters(["gallery-tag", "search-tag"].map((id) => document.getElementById(id)));
+
+/** The image count in the top bar, and the tag filters' tags and counts: both change together. */
 async function refreshCount() {
   const pill = document.getElementById("image-count");
   try {
@@ -29,6 +33,9 @@ async function refreshCount() {
     const n = body.image_count;
     pill.textContent = `${n.toLocaleString()} ${n === 1 ? "image" : "images"}`;
     pill.classList.remove("count-error");
+    search.setRegions(body.regions === true);
+    // After the count: a key the count asked for is then known, so this never asks again.
+    await tagFilters.refresh();
   } catch (err) {
     pill.textContent = "offline";
     pill.classList.add("count-error");

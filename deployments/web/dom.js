@@ -107,6 +107,23 @@ export function imageCard(meta, { badge, details = [], actions = [] }) {
   );
 }
 
+/**
+ * An image's tags as chips (text nodes: tags come from uploads). With onPick, each chip is a
+ * button that picks its tag (the gallery filters by it); nothing at all for an untagged image.
+ */
+export function tagChips(meta, onPick) {
+  const tags = meta.tags || [];
+  if (!tags.length) return null;
+  return h("ul", { class: "tag-chips", "aria-label": "Tags" }, ...tags.map((tag) => h(
+    "li",
+    {},
+    onPick
+      ? h("button", { type: "button", class: "tag-chip", title: `Show images tagged ${tag}`,
+                      onclick: () => onPick(tag) }, tag)
+      : h("span", { class: "tag-chip" }, tag),
+  )));
+}
+
 /** File name and meta_uuid lines, shared by search results and the gallery. */
 export function nameLines(meta) {
   return [

@@ -1,7 +1,9 @@
-// Gallery: every stored image, newest first, a page of thumbnails at a time, with delete.
+// Gallery: every stored image (or those with one tag), newest first, a page of thumbnails at
+// a time, with delete.
 import { api } from "./api.js";
-import { formatBytes, formatCount, h, imageCard, nameLines } from "./dom.js";
+import { formatBytes, formatCount, h, imageCard, nameLines, tagChips } from "./dom.js";
 import { describeError, showError, showNotice } from "./notify.js";
+import { chooseTag } from "./tags.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -11,6 +13,7 @@ function formatDate(iso) {
 }
 
 export function initGallery({ onSimilar, onCountChanged }) {
+  const tagSelect = $("gallery-tag");
   const grid = $("gallery");
   const status = $("gallery-status");
   const prev = $("page-prev");
@@ -56,6 +59,7 @@ export function initGallery({ onSimilar, onCountChanged }) {
         ...nameLines(meta),
         h("div", { class: "facts" }, facts),
         h("div", { class: "facts" }, formatDate(meta.created_at)),
+        tagChips(meta, filterBy),
       ],
       actions: [
         h("button", {
@@ -69,11 +73,19 @@ export function initGallery({ onSimilar, onCountChanged }) {
     });
   }
 
+  /** Show only the images tagged `tag` ("" for all), from the first page. */
+  function filterBy(tag) {
+    chooseTag(tagSelect, tag);
+    offset = 0;
+    load();
+  }
+
   async function load() {
     const seq = ++loadSeq;
+    const tag = tagSelect.value;
     status.textContent = "Loading…";
     try {
-      const body = await api.list(offset, limit());
+      const body = await api.list(offset, limit(), tag);
       if (seq !== loadSeq) return;
       total = body.total;
       // The page we were on may have emptied (deletes elsewhere): show the last one instead.
@@ -85,9 +97,10 @@ export function initGallery({ onSimilar, onCountChanged }) {
       grid.replaceChildren(...body.data.map(card));
       const pages = Math.max(1, Math.ceil(total / limit()));
       const page = Math.floor(offset / limit()) + 1;
+      const tagged = tag ? ` tagged “${tag}”` : "";
       status.textContent = total
-        ? `${formatCount(total, "image", "images")}, newest first.`
-        : "No images yet: add some in Upload.";
+        ? `${formatCount(total, "image", "images")}${tagged}, newest first.`
+        : tag ? `No images tagged “${tag}”.` : "No images yet: add some in Upload.";
       pageLabel.textContent = `Page ${page} of ${pages}`;
       prev.disabled = offset === 0;
       next.disabled = offset + limit() >= total;
@@ -111,6 +124,7 @@ export function initGallery({ onSimilar, onCountChanged }) {
     offset = 0;
     load();
   });
+  tagSelect.addEventListener("change", () => filterBy(tagSelect.value));
   $("gallery-refresh").addEventListener("click", load);
 
   return {

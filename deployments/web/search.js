@@ -1,10 +1,34 @@
 // Search: a query image (dropped, picked, pasted, or a stored one for "search similar") and
-// a grid of the nearest stored images with score, distance, file name and meta_uuid.
+// a grid of the nearest stored images with score, distance, file name and meta_uuid. Where the
+// collection has region vectors, a "Match" control picks the mode, and a hit found through a
+// part of a stored image shows that part as a box over its thumbnail.
 import { api } from "./api.js";
-import { bindDropZone, formatBytes, formatCount, h, imageCard, nameLines } from "./dom.js";
+import { bindDropZone, formatBytes, formatCount, h, imageCard, nameLines, tagChips } from "./dom.js";
 import { describeError, showError, showNotice } from "./notify.js";
 
 const $ = (id) => document.getElementById(id);
+
+/**
+ * Where a box of the stored image (x, y, w, h: fractions of it) lies on its thumbnail, in % of
+ * the square thumbnail box: the image is scaled to cover the square and centred (CSS
+ * object-fit: cover), so the longer side is cut evenly at both ends. Numbers only.
+ */
+export function boxOnCover(box, width, height) {
+  const short = Math.min(width, height);
+  if (!(short > 0)) return null;
+  const rw = width / short;
+  const rh = height / short;
+  const pct = (v) => `${(Math.round(v * 100) / 100).toFixed(2)}%`;
+  return {
+    left: pct(50 + (box.x - 0.5) * rw * 100),
+    top: pct(50 + (box.y - 0.5) * rh * 100),
+    width: pct(box.w * rw * 100),
+    height: pct(box.h * rh * 100),
+  };
+}
+
+/** The whole image (0, 0, 1, 1): only a cell of the query matched, nothing to outline. */
+const isWhole = (r) => r.x <= 0.001 && r.y <= 0.001 && r.w >= 0.999 && r.h >= 0.999;
 
 // Score is (2 - distance) / 2 * 100; these bands only pick a colour.
 function scoreBand(score) {
@@ -19,6 +43,9 @@ export function initSearch() {
   const results = $("results");
   const topK = $("top-k");
   const threshold = $("threshold");
+  const tagSelect = $("search-tag");
+  const modeField = $("search-mode-field");
+  const modeSelect = $("search-mode");
   const queryBox = $("query");
   const queryImg = $("query-img");
 
@@ -45,7 +72,9 @@ export function initSearch() {
       threshold.focus();
       return null;
     }
-    return { limit: k, threshold: t };
+    // A hidden mode control: the collection has no region vectors, the service's default.
+    const mode = modeField.hidden ? "" : modeSelect.value;
+    return { limit: k, threshold: t, tag: tagSelect.value, mode };
   }
 
   function showQuery() {
@@ -66,9 +95,25 @@ export function initSearch() {
     queryBox.hidden = false;
   }
 
+  /** The matched region's box over the hit's thumbnail, and a line that says what matched. */
+  function matchedRegion(card, hit) {
+    const r = hit.matched_region;
+    if (!r) return null;
+    const place = isWhole(r) ? null : boxOnCover(r, hit.width, hit.height);
+    const thumb = card.querySelector(".thumb");
+    if (place && thumb) {
+      const style = `left: ${place.left}; top: ${place.top}; width: ${place.width}; height: ${place.height}`;
+      thumb.append(h("span", { class: "match-box", style, "aria-hidden": "true" }));
+    }
+    const what = place ? "a part of this image" : "this image";
+    const where = r.cell ? ` in cell ${r.cell} of the query` : "";
+    return h("div", { class: "match-line", title: "Region search: what matched best" },
+      `Matched ${what}${where}`);
+  }
+
   function resultCard(hit, rank) {
     const band = scoreBand(hit.score);
-    return imageCard(hit, {
+    const card = imageCard(hit, {
       badge: h("span", { class: "rank" }, `#${rank}`),
       details: [
         h(
@@ -83,6 +128,7 @@ export function initSearch() {
         h("div", { class: "score-bar" },
           h("span", { class: `score-${band}`, style: `width: ${Math.max(0, hit.score)}%` })),
         ...nameLines(hit),
+        tagChips(hit),
       ],
       actions: [
         h("a", { class: "button button-small open", href: hit.file_url, target: "_blank",
@@ -95,6 +141,9 @@ export function initSearch() {
         }, "Similar"),
       ],
     });
+    const line = matchedRegion(card, hit);
+    if (line) card.querySelector(".card-body").append(line);
+    return card;
   }
 
   async function run() {
@@ -114,11 +163,12 @@ export function initSearch() {
       const ms = Math.round(performance.now() - started);
       const hits = body.data || [];
       results.replaceChildren(...hits.map((hit, i) => resultCard(hit, i + 1)));
+      const among = options.tag ? ` tagged “${options.tag}”` : "";
       status.textContent = hits.length
-        ? `${formatCount(hits.length, "result", "results")} in ${ms} ms, most similar first.`
+        ? `${formatCount(hits.length, "result", "results")}${among} in ${ms} ms, most similar first.`
         : options.threshold !== null
-          ? `No stored image within distance ${options.threshold}.`
-          : "No stored images yet: upload some first.";
+          ? `No stored image${among} within distance ${options.threshold}.`
+          : options.tag ? `No stored image tagged “${options.tag}”.` : "No stored images yet: upload some first.";
     } catch (err) {
       if (err.name === "AbortError") return;
       results.replaceChildren();
@@ -155,10 +205,18 @@ export function initSearch() {
   // A new top-k or threshold re-runs the current query.
   topK.addEventListener("change", run);
   threshold.addEventListener("change", run);
+  tagSelect.addEventListener("change", run);
   $("search-controls").addEventListener("submit", (event) => {
     event.preventDefault(); // Enter in a field: search again rather than reload the page
     run();
   });
 
-  return { searchFile, searchStored };
+  /** Offer the mode control only where the collection has region vectors (the count says). */
+  function setRegions(has) {
+    modeField.hidden = !has;
+  }
+
+  modeSelect.addEventListener("change", run);
+
+  return { searchFile, searchStored, setRegions };
 }

@@ -23,6 +23,7 @@ export function initUpload({ onIndexed, onBatchDone }) {
   const list = $("upload-list");
   const summary = $("upload-summary");
   const clearButton = $("upload-clear");
+  const tagsInput = $("upload-tags");
   $("upload-limit").textContent = String(CONCURRENCY);
 
   const queue = [];
@@ -79,7 +80,7 @@ export function initUpload({ onIndexed, onBatchDone }) {
     clearButton.disabled = indexed + duplicate + rejected === 0;
   }
 
-  async function send(file, ui) {
+  async function send(file, ui, tags) {
     setState(ui, "uploading", "0%");
     let outcome;
     try {
@@ -88,7 +89,7 @@ export function initUpload({ onIndexed, onBatchDone }) {
         // Once the bytes are sent the server still decodes, embeds and stores the image.
         if (fraction >= 1) setState(ui, "processing", "decoding and embedding…");
         else ui.detail.textContent = `${Math.round(fraction * 100)}%`;
-      });
+      }, tags);
       const meta = body.data;
       ui.progress.value = 1;
       ui.thumb.replaceChildren(
@@ -96,7 +97,8 @@ export function initUpload({ onIndexed, onBatchDone }) {
                  title: `Open ${meta.file_name}` },
           h("img", { src: meta.thumbnail_url, alt: "", loading: "lazy" })),
       );
-      setState(ui, "indexed", `meta_uuid ${meta.meta_uuid}`);
+      const tagged = meta.tags && meta.tags.length ? ` · tags ${meta.tags.join(", ")}` : "";
+      setState(ui, "indexed", `meta_uuid ${meta.meta_uuid}${tagged}`);
       ui.row.dataset.metaUuid = meta.meta_uuid;
       outcome = "indexed";
       onIndexed(meta);
@@ -123,9 +125,9 @@ export function initUpload({ onIndexed, onBatchDone }) {
 
   function pump() {
     while (active < CONCURRENCY && queue.length) {
-      const { file, ui } = queue.shift();
+      const { file, ui, tags } = queue.shift();
       active += 1;
-      send(file, ui).finally(() => {
+      send(file, ui, tags).finally(() => {
         active -= 1;
         if (!active && !queue.length) finishBatch();
         pump();
@@ -136,10 +138,12 @@ export function initUpload({ onIndexed, onBatchDone }) {
 
   function addFiles(files) {
     if (!tally) tally = { indexed: 0, duplicate: 0, rejected: 0, total: 0 };
+    // The tags typed when the files were added, even if the field changes while they wait.
+    const tags = tagsInput.value.trim();
     for (const file of files) {
       const ui = makeRow(file);
       list.append(ui.row);
-      queue.push({ file, ui });
+      queue.push({ file, ui, tags });
       tally.total += 1;
     }
     pump();

@@ -24,6 +24,7 @@ from image_search.imaging import PreprocessSpec
 
 if TYPE_CHECKING:
     from image_search.config import ModelSettings
+    from image_search.regions import RegionVectors
 
 __all__ = [
     "ALLOCATOR_ENV",
@@ -56,6 +57,9 @@ class Embedding:
 
     model_id: str
     vector: np.ndarray
+    # Region search's extra vectors (image_search.regions), when the image came with views:
+    # a stored image's thumbnail view and regions, or a query's cells.
+    regions: RegionVectors | None = None
 
 
 class EmbeddingModel(Protocol):

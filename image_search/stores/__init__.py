@@ -10,19 +10,28 @@ from dataclasses import dataclass
 
 from image_search.config import Settings
 from image_search.embedding import model_card
-from image_search.stores.base import MetadataStore, ObjectStore, VectorHit, VectorIndex
+from image_search.stores.base import (
+    MetadataStore,
+    ObjectStore,
+    RegionIndex,
+    VectorHit,
+    VectorIndex,
+)
 
 __all__ = [
     "MetadataStore",
     "ObjectStore",
+    "RegionIndex",
     "Stores",
     "VectorHit",
     "VectorIndex",
     "milvus_index",
+    "milvus_region_index",
     "open_metadata",
     "open_objects",
     "open_stores",
     "open_vectors",
+    "records_regions",
     "vectors_endpoint",
 ]
 
@@ -32,6 +41,8 @@ class Stores:
     metadata: MetadataStore
     objects: ObjectStore
     vectors: VectorIndex
+    # Region search's second collection (used only where `vectors` records regions).
+    regions: RegionIndex | None = None
 
 
 def open_metadata(settings: Settings) -> MetadataStore:
@@ -65,10 +76,12 @@ def vectors_endpoint(settings: Settings) -> str:
 
 def milvus_index(settings: Settings, dim: int, model_id: str, collection: str) -> VectorIndex:
     """A collection for an explicit model id and dimension (tests; open_vectors otherwise)."""
+    from image_search.regions import RECIPE
     from image_search.stores.vectors import MilvusVectorIndex
 
     st = settings.stores
     return MilvusVectorIndex(
+        regions=RECIPE if settings.search.regions else "",
         uri=vectors_endpoint(settings),
         collection=collection,
         dim=dim,
@@ -77,8 +90,51 @@ def milvus_index(settings: Settings, dim: int, model_id: str, collection: str) -
         index_params=st.index_params,
         search_params=st.search_params,
         consistency_level=st.consistency_level,
+        search_consistency_level=st.search_consistency_level,
         timeout_s=st.connect_timeout_s,
         token=st.vectors_token,
+    )
+
+
+def records_regions(vectors: VectorIndex) -> bool:
+    """Whether a collection was built with region vectors (MilvusVectorIndex.has_regions:
+    the recipe it records); a stand-in index without that method has none."""
+    recorded = getattr(vectors, "has_regions", None)
+    return bool(recorded is not None and recorded())
+
+
+def region_collection(collection: str) -> str:
+    return f"{collection}_regions"
+
+
+def open_regions(settings: Settings, collection: str | None = None) -> RegionIndex:
+    """The region collection beside a vector collection (created on first use)."""
+    m = settings.model
+    return milvus_region_index(settings, model_card(m.name).dim, m.model_id,
+                               collection or settings.stores.collection)  # fmt: skip
+
+
+def milvus_region_index(settings: Settings, dim: int, model_id: str, collection: str
+                        ) -> RegionIndex:  # fmt: skip
+    """The region collection beside `collection` for an explicit model id and dimension
+    (tests; open_regions otherwise)."""
+    from image_search.regions import MAX_PARTS
+    from image_search.stores.vectors import MilvusRegionIndex
+
+    st = settings.stores
+    return MilvusRegionIndex(
+        uri=vectors_endpoint(settings),
+        collection=region_collection(collection),
+        dim=dim,
+        model_id=model_id,
+        index_type=st.index_type,
+        index_params=st.index_params,
+        search_params=st.search_params,
+        consistency_level=st.consistency_level,
+        search_consistency_level=st.search_consistency_level,
+        timeout_s=st.connect_timeout_s,
+        token=st.vectors_token,
+        max_parts=MAX_PARTS,
     )
 
 
@@ -94,4 +150,8 @@ def open_stores(settings: Settings, vectors: VectorIndex | None = None) -> Store
         metadata=open_metadata(settings),
         objects=open_objects(settings),
         vectors=vectors if vectors is not None else open_vectors(settings),
+        # Only beside a Milvus collection (a stand-in index in tests has none).
+        regions=open_regions(settings, getattr(vectors, "collection", None))
+        if vectors is None or hasattr(vectors, "has_regions")
+        else None,
     )

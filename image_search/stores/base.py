@@ -23,6 +23,16 @@ class VectorHit:
     distance: float
 
 
+@dataclass(frozen=True)
+class RegionHit:
+    """A stored part of an image (region search): its image's vector id, part number, box."""
+
+    owner: int
+    part: int
+    distance: float
+    box: tuple[float, float, float, float]
+
+
 class ObjectStore(Protocol):
     name: str
 
@@ -48,7 +58,12 @@ class VectorIndex(Protocol):
     model_id: str
 
     def upsert(self, ids: Sequence[int], vectors: np.ndarray) -> None: ...
-    def search(self, vector: np.ndarray, limit: int) -> list[VectorHit]: ...
+    def search(
+        self, vector: np.ndarray, limit: int, ids: Sequence[int] | None = None
+    ) -> list[VectorHit]:
+        """The nearest `limit` vectors, ascending; with `ids`, among those ids only."""
+        ...
+
     def range_search(self, vectors: np.ndarray, radius: float, limit: int) -> list[list[VectorHit]]:
         """For each row of `vectors`, its nearest `limit` stored vectors within `radius`
         (squared L2, inclusive), ascending; one list per query (duplicate review)."""
@@ -63,6 +78,32 @@ class VectorIndex(Protocol):
         """Called periodically by the store's owner: flush a tail of writes once idle."""
         ...
 
+    def ping(self) -> None: ...
+    def drop(self) -> None: ...
+
+
+class RegionIndex(Protocol):
+    """Region search's second collection (stores/vectors.py MilvusRegionIndex): per image,
+    keyed by its vector id (`owner`), parts 0.. with their boxes. Writes, deletes and searches
+    by owner; its parts' ids are derived, never read back."""
+
+    name: str
+    dim: int
+    model_id: str
+
+    def upsert_parts(
+        self,
+        owners: Sequence[int],
+        vectors: Sequence[np.ndarray],
+        boxes: Sequence[Sequence[tuple[float, float, float, float]]],
+    ) -> None: ...
+    def search_parts(self, vectors: np.ndarray, limit: int) -> list[list[RegionHit]]: ...
+    def delete_owners(self, owners: Sequence[int]) -> None: ...
+    def owners_with_parts(self, owners: Sequence[int]) -> set[int]: ...
+    def owners(self) -> Iterator[int]: ...
+    def count(self) -> int: ...
+    def flush(self) -> None: ...
+    def flush_if_due(self) -> None: ...
     def ping(self) -> None: ...
     def drop(self) -> None: ...
 
@@ -121,6 +162,14 @@ class RefDrift:
     age_s: float
 
 
+@dataclass(frozen=True)
+class TagCount:
+    """A tag and how many images carry it (the web page's tag filter)."""
+
+    tag: str
+    images: int
+
+
 class PinLost(StoreUnavailable):
     """A writer's pin was invalidated (delete-all, or a stale pin reclaimed): retry the write."""
 
@@ -144,8 +193,23 @@ class MetadataStore(Protocol):
         ...
 
     def get(self, meta_uuid: str) -> ImageRecord | None: ...
-    def page(self, offset: int, limit: int) -> list[ImageRecord]: ...
-    def count(self) -> int: ...
+    def page(self, offset: int, limit: int, tags: Sequence[str] = ()) -> list[ImageRecord]:
+        """Rows newest first; with `tags`, only the rows that carry every one of them."""
+        ...
+
+    def count(self, tags: Sequence[str] = ()) -> int:
+        """Rows; with `tags`, the rows that carry every one of them."""
+        ...
+
+    def tag_counts(self, limit: int) -> list[TagCount]:
+        """The `limit` most used tags with their image counts, most used first, then by tag."""
+        ...
+
+    def tagged_contents(self, tags: Sequence[str], limit: int) -> list[int] | None:
+        """The milvus_ids of the rows that carry every one of `tags` (at least one), or None
+        when there are more than `limit` (a search then filters instead of restricting)."""
+        ...
+
     def delete(self, meta_uuid: str) -> Removal | None:
         """Delete the row and drop its reference, in one transaction."""
         ...
@@ -204,7 +268,12 @@ class MetadataStore(Protocol):
         """Fix what ref_drift finds; the purges of contents that nothing references."""
         ...
 
-    def by_milvus_ids(self, ids: Sequence[int]) -> dict[int, list[ImageRecord]]: ...
+    def by_milvus_ids(
+        self, ids: Sequence[int], tags: Sequence[str] = ()
+    ) -> dict[int, list[ImageRecord]]:
+        """Rows by vector id, oldest first; with `tags`, only those that carry all of them."""
+        ...
+
     def existing_uuids(self, meta_uuids: Sequence[str]) -> set[str]: ...
     def content_counts(self, after: int, limit: int) -> list[tuple[int, int]]:
         """(milvus_id, rows) of the contents rows reference, milvus_id ascending from the first

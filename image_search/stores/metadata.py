@@ -11,6 +11,8 @@ across threads, replicas and jobs (the protocol is in image_search.indexing). It
 - `refs` counts committed image rows exactly (changed in the transaction that inserts or
   deletes a row), `pins` counts writers in flight; a row goes `purging` with a fresh token in
   the transaction that brings refs + pins to 0, and only that token's holder deletes data.
+
+The `image_tag` table indexes each row's tags for tag filters (see ImageTag).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any, TypeVar
 from sqlalchemy import (
     BigInteger,
     DateTime,
+    ForeignKey,
     Index,
     Integer,
     String,
@@ -37,6 +40,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    exists,
     func,
     inspect,
     literal,
@@ -49,11 +53,19 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import CursorResult, Dialect, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.sql import Select
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from image_search.errors import Conflict, StoreUnavailable
-from image_search.records import ImageRecord, NewImage, tags_json
+from image_search.records import (
+    TAG_MAX_CHARS,
+    TAGS_MAX_COUNT,
+    ImageRecord,
+    NewImage,
+    normal_tags,
+    tags_json,
+)
 from image_search.stores.base import (
     LIVE,
     PURGING,
@@ -62,6 +74,7 @@ from image_search.stores.base import (
     Purge,
     RefDrift,
     Removal,
+    TagCount,
     Wipe,
 )
 
@@ -185,11 +198,36 @@ class Content(Base):
         return ContentKey(self.milvus_id, self.sha256, self.file_path)
 
 
+class ImageTag(Base):
+    """One (image, tag): what tag filters (lists, counts, search) look up.
+
+    The image row's JSON `tags` stays what the API returns: the tags in the order given, read
+    with the row and no join. This table is derived from the very same tuple, in the same
+    transaction (tags never change after a row is written), and goes with its row through the
+    foreign key's ON DELETE CASCADE, so the two cannot disagree; create_schema derives it for
+    rows written before it existed.
+    """
+
+    __tablename__ = "image_tag"
+    __table_args__ = (
+        Index("ix_image_tag_tag", "tag", "image_id"),
+        {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"},
+    )
+
+    image_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("image.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    # utf8mb4_bin on MySQL, BINARY on SQLite: tags match exactly, case included, on both.
+    tag: Mapped[str] = mapped_column(String(TAG_MAX_CHARS), primary_key=True)
+
+
 # Rows that existed before the content table get this token (tokens are only ever compared
 # on one row, and purge tokens are fresh uuids, so one shared value is safe).
 MIGRATED_TOKEN = "migrated"
 # An abandoned purge's updated_at: older than any lease, so the next writer takes it over.
 ABANDONED_AT = datetime(2000, 1, 1, tzinfo=UTC)
+# Rows per transaction when create_schema indexes the tags of rows from before image_tag.
+TAG_FILL_BATCH = 1000
 # MySQL/MariaDB: deadlock victim, lock wait timeout. Both roll the transaction back whole.
 _RETRYABLE_MYSQL = (1213, 1205)
 WRITE_ATTEMPTS = 6
@@ -215,6 +253,8 @@ def _make_engine(uri: str, timeout_s: float) -> Engine:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
+            # Off by default in SQLite: image_tag's rows go with their image row (CASCADE).
+            cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
         return engine
@@ -278,6 +318,54 @@ class SqlMetadataStore:
             except IntegrityError:
                 n = 0  # another replica filled it at the same moment
             logger.info("content table created; %d contents counted from existing rows", n)
+        tagged = self._fill_tags()
+        if tagged:
+            logger.info("image_tag: %d tags indexed from existing rows", tagged)
+
+    def _fill_tags(self) -> int:
+        """Index the tags of rows that have tags and no image_tag rows: rows from before the
+        table, or written by an older version during a rolling upgrade.
+
+        Run at every start: once done, it is one anti-join that finds nothing. Idempotent and
+        resumable: keyset pages, each inserted in its own transaction, duplicates ignored, so
+        replicas starting together or a rerun after a crash converge on the same rows.
+        """
+        after, n = 0, 0
+        while True:
+            batch = self._read(functools.partial(self._untagged_rows, after=after))
+            if not batch:
+                return n
+            rows = [{"image_id": int(i), "tag": t} for i, js in batch for t in _tag_keys(js)]
+            try:
+                n += self._write(functools.partial(self._insert_tags, rows=rows))
+            except IntegrityError:
+                continue  # a row was deleted meanwhile (SQLite's foreign key): read again
+            after = int(batch[-1][0])
+
+    @staticmethod
+    def _untagged_rows(s: Session, after: int) -> list[tuple[int, str]]:
+        """(id, JSON tags) of the next rows after `after` with tags but no image_tag rows."""
+        stmt = (
+            select(Image.id, Image.tags)
+            .where(Image.id > after, Image.tags != "[]",
+                   ~exists().where(ImageTag.image_id == Image.id))
+            .order_by(Image.id)
+            .limit(TAG_FILL_BATCH)
+        )  # fmt: skip
+        return [(int(i), str(js)) for i, js in s.execute(stmt)]
+
+    def _insert_tags(self, s: Session, rows: list[dict[str, Any]]) -> int:
+        """INSERT tag rows, ignoring those that exist (another replica filling too)."""
+        if not rows:
+            return 0
+        stmt: Insert
+        if self.engine.dialect.name == "sqlite":
+            stmt = sqlite_insert(ImageTag).on_conflict_do_nothing()
+        else:
+            # IGNORE also skips a row whose image was deleted meanwhile (foreign key).
+            stmt = mysql_insert(ImageTag).prefix_with("IGNORE")
+        s.execute(stmt, rows)
+        return len(rows)
 
     @staticmethod
     def _fill_content(s: Session) -> int:
@@ -393,6 +481,9 @@ class SqlMetadataStore:
             s.flush()
         except IntegrityError as exc:
             raise Conflict(f"meta_uuid {new.meta_uuid!r} already exists") from exc
+        # The tag index, in the row's own transaction (after the image row: the lock order).
+        s.add_all([ImageTag(image_id=row.id, tag=t) for t in _tag_keys(row.tags)])
+        s.flush()
         return row
 
     def commit(self, new: NewImage, token: str) -> ImageRecord:
@@ -486,12 +577,29 @@ class SqlMetadataStore:
 
         return self._read(q)
 
-    def page(self, offset: int, limit: int) -> list[ImageRecord]:
-        stmt = select(Image).order_by(Image.id.desc()).offset(offset).limit(limit)
+    def page(self, offset: int, limit: int, tags: Sequence[str] = ()) -> list[ImageRecord]:
+        stmt = _tagged(select(Image), tags).order_by(Image.id.desc()).offset(offset).limit(limit)
         return self._read(lambda s: [r.record() for r in s.scalars(stmt)])
 
-    def count(self) -> int:
-        return self._read(lambda s: int(s.execute(select(func.count(Image.id))).scalar_one()))
+    def count(self, tags: Sequence[str] = ()) -> int:
+        stmt = _tagged(select(func.count(Image.id)), tags)
+        return self._read(lambda s: int(s.execute(stmt).scalar_one()))
+
+    def tag_counts(self, limit: int) -> list[TagCount]:
+        stmt = (
+            select(ImageTag.tag, func.count(ImageTag.image_id).label("n"))
+            .group_by(ImageTag.tag)
+            .order_by(func.count(ImageTag.image_id).desc(), ImageTag.tag)
+            .limit(limit)
+        )
+        return self._read(lambda s: [TagCount(str(t), int(n)) for t, n in s.execute(stmt)])
+
+    def tagged_contents(self, tags: Sequence[str], limit: int) -> list[int] | None:
+        if not tags:
+            raise ValueError("tagged_contents needs at least one tag")
+        stmt = _tagged(select(Image.milvus_id).distinct(), tags).limit(limit + 1)
+        ids = self._read(lambda s: [int(m) for m in s.scalars(stmt)])
+        return None if len(ids) > limit else ids
 
     def delete(self, meta_uuid: str) -> Removal | None:
         while True:
@@ -531,10 +639,13 @@ class SqlMetadataStore:
         stmt = select(func.count(Image.id)).where(Image.sha256 == sha256)
         return self._read(lambda s: int(s.execute(stmt).scalar_one()))
 
-    def by_milvus_ids(self, ids: Sequence[int]) -> dict[int, list[ImageRecord]]:
+    def by_milvus_ids(
+        self, ids: Sequence[int], tags: Sequence[str] = ()
+    ) -> dict[int, list[ImageRecord]]:
         if not ids:
             return {}
-        stmt = select(Image).where(Image.milvus_id.in_(list(ids))).order_by(Image.id)
+        stmt = _tagged(select(Image).where(Image.milvus_id.in_(list(ids))), tags)
+        stmt = stmt.order_by(Image.id)
 
         def q(s: Session) -> dict[int, list[ImageRecord]]:
             out: dict[int, list[ImageRecord]] = {}
@@ -572,7 +683,8 @@ class SqlMetadataStore:
         token = _token()
 
         def tx(s: Session) -> Wipe:
-            # Content rows first (the lock order); a new token invalidates every pin.
+            # Content rows first (the lock order); a new token invalidates every pin. The
+            # image_tag rows go with the image rows (ON DELETE CASCADE).
             s.execute(update(Content).values(state=PURGING, token=token, refs=0, pins=0,
                                              updated_at=_now()))  # fmt: skip
             n = _rowcount(s.execute(delete(Image)))
@@ -647,6 +759,26 @@ def _content_row(key: ContentKey, refs: int, state: str, token: str) -> Content:
                    refs=refs, pins=0, state=state, token=token, updated_at=_now())  # fmt: skip
 
 
+def _tag_keys(tags_column: str) -> tuple[str, ...]:
+    """The image_tag rows of a row's JSON tags: each distinct tag that fits the index (rows
+    older than TAG_MAX_CHARS may hold longer ones; no filter can name those anyway)."""
+    tags = normal_tags([str(t) for t in json.loads(tags_column or "[]")])
+    return tuple(t for t in tags if len(t) <= TAG_MAX_CHARS)
+
+
+S = TypeVar("S", bound=Select[Any])
+
+
+def _tagged(stmt: S, tags: Sequence[str]) -> S:
+    """Only the image rows that carry every one of `tags` (none: all rows)."""
+    if len(tags) > TAGS_MAX_COUNT:
+        raise ValueError(f"at most {TAGS_MAX_COUNT} tags in a filter")  # checked at the edge
+    for tag in normal_tags(tags):
+        # IN (sub-select on ix_image_tag_tag): the planner starts from the tag's rows.
+        stmt = stmt.where(Image.id.in_(select(ImageTag.image_id).where(ImageTag.tag == tag)))
+    return stmt
+
+
 def _image_row(new: NewImage) -> Image:
     return Image(
         meta_uuid=new.meta_uuid,
@@ -659,5 +791,5 @@ def _image_row(new: NewImage) -> Image:
         size_bytes=new.size_bytes,
         width=new.width,
         height=new.height,
-        tags=tags_json(new.tags),
+        tags=tags_json(normal_tags(new.tags)),
     )

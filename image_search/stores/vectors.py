@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import threading
 import time
@@ -17,13 +18,17 @@ from pymilvus.exceptions import MilvusException
 
 from image_search.embedding.runtime import same_model
 from image_search.errors import ConfigError, StoreUnavailable
-from image_search.stores.base import VectorHit
+from image_search.stores.base import RegionHit, VectorHit
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PROP_MODEL = "ise.model_id"
 PROP_DIM = "ise.dim"
+# Set on a collection created with region search on (its region collection is complete: every
+# content written to it got its region vectors in the same write); the value names the recipe
+# (image_search.regions), so vectors of another recipe are never mixed in.
+PROP_REGIONS = "ise.regions"
 # Milvus Lite searches rows that are not yet flushed by brute force, ~0.1 ms per row per query
 # (measured: 0.6 s with 5,000 unflushed rows, 25 ms once flushed). Flushing small increments is
 # cheap (~6 ms), so writes are flushed once this many rows are pending or after FLUSH_AFTER_S.
@@ -33,6 +38,8 @@ FLUSH_ROWS = 256
 FLUSH_AFTER_S = 1.0
 # Milvus refuses a search for more hits than this (its topk limit), whatever the index.
 MAX_TOP_K = 16384
+BOX_FIELDS = ("left", "top", "right", "bottom")  # a region's box, fractions of its image
+Box = tuple[float, float, float, float]
 # Added to a range search's radius, which Milvus treats as exclusive, so that a vector
 # exactly at the threshold is in range (distances are float32: ~1e-7 apart near 1).
 RADIUS_SLACK = 1e-6
@@ -53,8 +60,10 @@ class MilvusVectorIndex:
         index_params: dict[str, Any] | None = None,
         search_params: dict[str, Any] | None = None,
         consistency_level: str = "Strong",
+        search_consistency_level: str | None = None,
         timeout_s: float = 5.0,
         token: str = "",
+        regions: str = "",
     ) -> None:
         self.uri = uri
         self.collection = collection
@@ -63,7 +72,10 @@ class MilvusVectorIndex:
         self.index_type = index_type
         self.index_params = dict(index_params or {})
         self.search_params = dict(search_params or {})
+        # Reads the consistency protocol relies on (get, ids) use consistency_level; similarity
+        # searches use search_consistency_level (config.py says why they differ).
         self.consistency_level = consistency_level
+        self.search_consistency_level = search_consistency_level or consistency_level
         self.timeout_s = timeout_s
         self.token = token
         self._client: MilvusClient | None = None
@@ -71,6 +83,9 @@ class MilvusVectorIndex:
         self._pending = 0
         self._last_write = 0.0
         self._lite = False  # Milvus Lite (flushed by us) or a Milvus server; known on connect
+        # The region recipe a new collection is created with ("" = none); once connected, the
+        # one the collection records (has_regions).
+        self.regions = regions
 
     @property
     def _slow_timeout(self) -> float:
@@ -117,6 +132,7 @@ class MilvusVectorIndex:
             desc = client.describe_collection(self.collection, timeout=self.timeout_s)
             props = desc.get("properties", {}) or {}
             found_model, found_dim = props.get(PROP_MODEL), props.get(PROP_DIM)
+            self.regions = str(props.get(PROP_REGIONS, ""))
             if not same_model(str(found_model), self.model_id) or str(found_dim) != str(self.dim):
                 raise ConfigError(
                     f"collection {self.collection!r} was built with model {found_model} "
@@ -144,10 +160,17 @@ class MilvusVectorIndex:
             schema=schema,
             index_params=self._index_params(client),
             consistency_level=self.consistency_level,
-            properties={PROP_MODEL: self.model_id, PROP_DIM: str(self.dim)},
+            properties={PROP_MODEL: self.model_id, PROP_DIM: str(self.dim),
+                        **({PROP_REGIONS: self.regions} if self.regions else {})},
             timeout=self._slow_timeout,
-        )
-        logger.info("created collection %s (%s, dim %d)", self.collection, self.model_id, self.dim)
+        )  # fmt: skip
+        logger.info("created collection %s (%s, dim %d, regions %s)", self.collection,
+                    self.model_id, self.dim, self.regions or "none")  # fmt: skip
+
+    def has_regions(self) -> str:
+        """The region recipe this collection records ("" = built without region vectors)."""
+        self._connect()
+        return self.regions
 
     def _index_params(self, client: MilvusClient) -> Any:
         index = client.prepare_index_params()
@@ -183,15 +206,25 @@ class MilvusVectorIndex:
         self._call("flush", lambda c: c.flush(self.collection, timeout=self._slow_timeout))
         self._pending = 0
 
-    def search(self, vector: np.ndarray, limit: int) -> list[VectorHit]:
+    def search(
+        self, vector: np.ndarray, limit: int, ids: Sequence[int] | None = None
+    ) -> list[VectorHit]:
+        """The nearest `limit` vectors; with `ids`, Milvus filters to them before ranking,
+        so the answer is the nearest among them (a tag filter's restricted search)."""
+        if ids is not None and not ids:
+            return []
+        # A literal list, not a template (filter_params): Milvus servers before 2.5 have none.
+        expr = "" if ids is None else f"id in [{','.join(str(int(i)) for i in ids)}]"
+
         def run(c: MilvusClient) -> list[VectorHit]:
             res = c.search(
                 self.collection,
                 data=[np.asarray(vector, dtype=np.float32).tolist()],
+                filter=expr,
                 limit=limit,
                 output_fields=["id"],
                 search_params={"metric_type": "L2", "params": self.search_params_for(limit)},
-                consistency_level=self.consistency_level,
+                consistency_level=self.search_consistency_level,
                 timeout=self.timeout_s,
             )
             hits = res[0] if res else []
@@ -221,7 +254,7 @@ class MilvusVectorIndex:
                 limit=limit,
                 output_fields=["id"],
                 search_params={"metric_type": "L2", "params": params},
-                consistency_level=self.consistency_level,
+                consistency_level=self.search_consistency_level,
                 timeout=self._slow_timeout,
             )
             return [[VectorHit(int(h["id"]), float(h["distance"])) for h in hits] for hits in res]
@@ -301,3 +334,125 @@ class MilvusVectorIndex:
         self._call("drop", lambda c: c.drop_collection(self.collection, timeout=self._slow_timeout))
         self._reset()
         self._pending = 0
+
+
+def region_row_id(owner: int, part: int) -> int:
+    """A region vector's id: derived from its image's vector id and part number, so writes are
+    idempotent upserts and a delete needs no query first."""
+    digest = hashlib.blake2b(f"{owner}:{part}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & ((1 << 63) - 1)
+
+
+class MilvusRegionIndex(MilvusVectorIndex):
+    """Region search's second collection: per image (its vector id, `owner`) up to MAX_PARTS
+    vectors, its thumbnail view (part 0) and its regions (1..), each with its box in the image.
+
+    Milvus 2.3.5 has no grouping search, so searches return parts; the caller over-fetches
+    (image_search.regions.fetch_sizes) and merges per owner.
+    """
+
+    name = "regions"
+
+    def __init__(self, *args: Any, max_parts: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_parts = max_parts
+
+    def _ensure_collection(self, client: MilvusClient) -> None:
+        if client.has_collection(self.collection, timeout=self.timeout_s):
+            super()._ensure_collection(client)
+            return
+        schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("owner", DataType.INT64)
+        schema.add_field("part", DataType.INT32)
+        for edge in BOX_FIELDS:
+            schema.add_field(edge, DataType.FLOAT)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
+        client.create_collection(
+            self.collection,
+            schema=schema,
+            index_params=self._index_params(client),
+            consistency_level=self.consistency_level,
+            properties={PROP_MODEL: self.model_id, PROP_DIM: str(self.dim)},
+            timeout=self._slow_timeout,
+        )
+        logger.info("created region collection %s (%s)", self.collection, self.model_id)
+
+    def upsert_parts(
+        self, owners: Sequence[int], vectors: Sequence[np.ndarray], boxes: Sequence[Sequence[Box]]
+    ) -> None:
+        """Each owner's parts: vectors[i] (n_i, dim) with boxes[i] (n_i boxes), part = row."""
+        rows: list[dict[str, Any]] = []
+        for owner, vecs, bxs in zip(owners, vectors, boxes, strict=True):
+            if len(vecs) != len(bxs) or len(vecs) > self.max_parts:
+                raise ValueError(f"{len(vecs)} region vectors, {len(bxs)} boxes for {owner}")
+            for part, (vec, box) in enumerate(zip(vecs, bxs, strict=True)):
+                rows.append({"id": region_row_id(owner, part), "owner": int(owner), "part": part,
+                             **dict(zip(BOX_FIELDS, map(float, box), strict=True)),
+                             "vector": np.asarray(vec, np.float32).tolist()})  # fmt: skip
+        if not rows:
+            return
+        self._call("upsert", lambda c: c.upsert(self.collection, rows, timeout=self.timeout_s))
+        if self._lite:
+            self._pending += len(rows)
+            self._last_write = time.monotonic()
+            if self._pending >= FLUSH_ROWS:
+                self.flush()
+
+    def search_parts(self, vectors: np.ndarray, limit: int) -> list[list[RegionHit]]:
+        """For each query row, its `limit` nearest parts, nearest first (one request)."""
+        if len(vectors) == 0:
+            return []
+        data = np.asarray(vectors, dtype=np.float32).tolist()
+        params = self.search_params_for(limit)
+
+        def run(c: MilvusClient) -> list[list[RegionHit]]:
+            res = c.search(
+                self.collection,
+                data=data,
+                limit=min(limit, MAX_TOP_K),
+                output_fields=["owner", "part", *BOX_FIELDS],
+                search_params={"metric_type": "L2", "params": params},
+                consistency_level=self.search_consistency_level,
+                timeout=self.timeout_s,
+            )
+            out: list[list[RegionHit]] = []
+            for hits in res:
+                row: list[RegionHit] = []
+                for h in hits:
+                    e = h.get("entity", h)
+                    box = tuple(float(e[k]) for k in BOX_FIELDS)
+                    row.append(RegionHit(int(e["owner"]), int(e["part"]), float(h["distance"]),
+                                         box))  # type: ignore[arg-type]  # fmt: skip
+                out.append(row)
+            return out
+
+        return self._call("search", run)
+
+    def part_ids(self, owners: Sequence[int]) -> list[int]:
+        return [region_row_id(o, p) for o in owners for p in range(self.max_parts)]
+
+    def delete_owners(self, owners: Sequence[int]) -> None:
+        """Every part of these images (ids derived: no query first; absent ones are no-ops)."""
+        for lo in range(0, len(owners), 500):
+            self.delete(self.part_ids(owners[lo : lo + 500]))
+
+    def owners_with_parts(self, owners: Sequence[int]) -> set[int]:
+        """Those of these images whose parts are stored (their thumbnail view, part 0, is
+        written in the same upsert as every region)."""
+        by_id = {region_row_id(o, 0): int(o) for o in owners}
+        return {by_id[i] for i in self.get(list(by_id))}
+
+    def owners(self) -> Iterator[int]:
+        """Every image with parts here (reconcile: parts whose image is gone)."""
+
+        def run(c: MilvusClient) -> list[int]:
+            it = c.query_iterator(self.collection, batch_size=4096, filter="part == 0",
+                                  output_fields=["owner"], timeout=self._slow_timeout)  # fmt: skip
+            out: list[int] = []
+            while batch := it.next():
+                out.extend(int(r["owner"]) for r in batch)
+            it.close()
+            return out
+
+        yield from self._call("owners", run)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from datetime import UTC, datetime, timedelta
@@ -11,7 +12,7 @@ import pytest
 from image_search.errors import Conflict, StoreUnavailable
 from image_search.records import NewImage, milvus_id_for, object_key_for
 from image_search.stores import MetadataStore, open_metadata
-from image_search.stores.base import LIVE, PURGING, ContentKey, PinLost
+from image_search.stores.base import LIVE, PURGING, ContentKey, PinLost, TagCount
 from tests.contract.conftest import settings, unique
 from tests.servers import MariaDB
 
@@ -314,3 +315,58 @@ def test_mysql_restart_is_survived_by_the_pool(mariadb: MariaDB) -> None:
     finally:
         store.engine.dispose()  # type: ignore[attr-defined]
         mariadb.sql(f"DROP DATABASE `{db}`")
+
+
+# -- tags ---------------------------------------------------------------------------------------
+def with_tags(new: NewImage, *tags: str) -> NewImage:
+    return dataclasses.replace(new, tags=tags)
+
+
+def test_tags_are_indexed_filtered_and_counted(metadata_store: MetadataStore) -> None:
+    md = metadata_store
+    md.add(with_tags(new_image(1), "猫", "red"))
+    md.add(with_tags(new_image(2), "red", "Red"))  # exact match: case counts
+    md.add(with_tags(new_image(3, content=1), "red"))  # shares image 1's content
+    md.add(new_image(4))
+    assert md.tag_counts(10) == [TagCount("red", 3), TagCount("Red", 1), TagCount("猫", 1)]
+    assert md.tag_counts(1) == [TagCount("red", 3)]
+    assert [r.meta_uuid for r in md.page(0, 2, ["red"])] == ["uuid-3", "uuid-2"]
+    assert [r.meta_uuid for r in md.page(2, 2, ["red"])] == ["uuid-1"]
+    assert [r.meta_uuid for r in md.page(0, 9, ["red", "猫"])] == ["uuid-1"]  # every tag
+    assert md.count(["red"]) == 3 and md.count(["Red"]) == 1 and md.count(["none"]) == 0
+    shared = new_image(1).milvus_id
+    assert sorted(md.tagged_contents(["red"], 2) or []) == sorted({shared, new_image(2).milvus_id})
+    assert md.tagged_contents(["red"], 1) is None  # over the bound: the caller filters instead
+    assert md.tagged_contents(["猫"], 5) == [shared]
+    rows = md.by_milvus_ids([shared], ["猫"])
+    assert [r.meta_uuid for r in rows[shared]] == ["uuid-1"]
+    assert len(md.by_milvus_ids([shared])[shared]) == 2
+
+
+def test_tags_go_with_their_rows(metadata_store: MetadataStore) -> None:
+    md = metadata_store
+    md.add(with_tags(new_image(1), "red"))
+    md.add(with_tags(new_image(2), "red", "blue"))
+    md.delete("uuid-1")
+    assert md.tag_counts(10) == [TagCount("blue", 1), TagCount("red", 1)]
+    md.add(with_tags(new_image(5, "uuid-1"), "green"))  # the meta_uuid again: its new tags only
+    assert md.tag_counts(10) == [TagCount("blue", 1), TagCount("green", 1), TagCount("red", 1)]
+    md.delete_all()
+    assert md.tag_counts(10) == [] and md.count(["red"]) == 0
+
+
+def test_an_existing_database_gets_its_tag_index_once(metadata_store: MetadataStore) -> None:
+    """A database from before image_tag: create_schema makes it from the JSON column."""
+    from image_search.stores.metadata import ImageTag
+
+    md = metadata_store
+    md.add(with_tags(new_image(1), "red"))
+    md.add(with_tags(new_image(2), "red", "猫"))
+    md.add(new_image(3))
+    ImageTag.__table__.drop(md.engine)  # type: ignore[attr-defined]
+    md.create_schema()
+    md.create_schema()  # a second replica: idempotent
+    assert md.tag_counts(10) == [TagCount("red", 2), TagCount("猫", 1)]
+    assert md.get("uuid-2").tags == ("red", "猫")  # type: ignore[union-attr]
+    md.delete("uuid-2")
+    assert md.tag_counts(10) == [TagCount("red", 1)]

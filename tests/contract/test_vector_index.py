@@ -47,6 +47,23 @@ def test_upsert_same_id_replaces(vector_index: VectorIndex) -> None:
     assert vector_index.search(b, 1)[0].distance == pytest.approx(0.0, abs=1e-4)
 
 
+def test_search_restricted_to_ids(vector_index: VectorIndex) -> None:
+    """A tag filter's search: the nearest among the given ids only, however long the list."""
+    from image_search.indexing import TAG_PREFILTER_MAX
+
+    vecs = unit(40, 5)
+    vector_index.upsert(list(range(1, 41)), vecs)
+    query = vecs[0]
+    allowed = list(range(2, 41, 3))
+    everywhere = [h.id for h in vector_index.search(query, 40)]
+    hits = vector_index.search(query, 5, ids=allowed)
+    assert [h.id for h in hits] == [i for i in everywhere if i in allowed][:5]
+    assert vector_index.search(query, 5, ids=[]) == []
+    # The bound's worth of ids, most of them unknown: still one search.
+    many = allowed + list(range(10_000, 10_000 + TAG_PREFILTER_MAX - len(allowed)))
+    assert [h.id for h in vector_index.search(query, 5, ids=many)] == [h.id for h in hits]
+
+
 def test_delete(vector_index: VectorIndex) -> None:
     vecs = unit(3, 3)
     vector_index.upsert([1, 2, 3], vecs)

@@ -269,3 +269,50 @@ def test_indexer_refuses_vectors_from_another_model(app_url: str) -> None:
     stranger = Embedding("resnet50:fp32", np.ones(1280, dtype=np.float32) / np.sqrt(1280))
     with pytest.raises(StoreUnavailable, match="model switch"):
         indexer.search.remote(stranger, 0, 5, None).result(timeout_s=60)
+
+
+def test_tag_filters_on_lists_counts_search_and_tags(
+    client: httpx.Client, photos: dict[str, bytes]
+) -> None:
+    """Tagged and untagged images: every filter sees only images carrying all its tags."""
+    space, drink = "it-space", "it-drink"
+    for name, tags in (("rocket", space), ("astronaut", space), ("coffee", drink),
+                       ("chelsea", "")):  # fmt: skip
+        r = client.post("/meta/image/file", files={"file": (f"{name}.jpg", photos[name])},
+                        data={"meta_uuid": f"tg-{name}", "tags": tags})  # fmt: skip
+        assert r.status_code == 200, r.text
+
+    def uuids(resp: httpx.Response) -> list[str]:
+        assert resp.status_code == 200, resp.text
+        return [d["meta_uuid"] for d in resp.json()["data"]]
+
+    listed = client.get("/meta/image", params={"tags": space})
+    assert uuids(listed) == ["tg-astronaut", "tg-rocket"] and listed.json()["total"] == 2
+    assert client.get("/meta/image/count", params={"tags": space}).json()["image_count"] == 2
+    counts = {t["tag"]: t["count"] for t in client.get("/tags").json()["data"]}
+    assert (counts[space], counts[drink]) == (2, 1)
+
+    # The coffee photo, restricted to "space": only the two space images, never itself.
+    found = client.post("/sample/file", files={"file": ("q.jpg", photos["coffee"])},
+                        data={"tags": space})  # fmt: skip
+    assert sorted(uuids(found)) == ["tg-astronaut", "tg-rocket"]
+    assert all(space in hit["tags"] for hit in found.json()["data"])
+    top = client.post("/sample/file", files={"file": ("q.jpg", photos["rocket"])},
+                      data={"tags": space, "limit": 1}).json()["data"]  # fmt: skip
+    assert [h["meta_uuid"] for h in top] == ["tg-rocket"] and top[0]["distance"] < 1e-3
+    both = client.get("/sample/meta/tg-chelsea", params=[("tags", space), ("tags", drink)])
+    assert uuids(both) == []
+    assert uuids(client.get("/sample/meta/tg-chelsea", params={"tags": drink})) == ["tg-coffee"]
+
+    client.delete("/meta/image/tg-rocket")
+    counts = {t["tag"]: t["count"] for t in client.get("/tags").json()["data"]}
+    assert counts[space] == 1
+    for bad in ("x" * 513, "a\x01b", ",".join(map(str, range(65)))):
+        r = client.get("/meta/image", params={"tags": bad})
+        assert r.status_code == 400 and "tag" in r.json()["message"]
+        r = client.post("/sample/file", files={"file": ("q.jpg", photos["coffee"])},
+                        data={"tags": bad})  # fmt: skip
+        assert r.status_code == 400 and r.json()["succeed"] is False
+    for name in ("astronaut", "coffee", "chelsea"):
+        client.delete(f"/meta/image/tg-{name}")
+    assert space not in {t["tag"] for t in client.get("/tags").json()["data"]}

@@ -39,7 +39,8 @@ def test_upload_then_get_list_count_and_file(client: TestClient) -> None:
     listing = client.get("/meta/image", params={"limit": 5}).json()
     assert listing["total"] == 1 and [d["meta_uuid"] for d in listing["data"]] == ["one"]
     assert client.get("/meta/image/count").json() == {
-        "succeed": True, "message": "ok", "image_count": 1, "vector_count": 1}  # fmt: skip
+        "succeed": True, "message": "ok", "image_count": 1, "vector_count": 1,
+        "regions": False}  # fmt: skip
     got = client.get(rec["file_relative_url"])
     assert got.content == jpeg(1) and got.headers["content-type"] == "image/jpeg"
     thumb = client.get("/meta/image/one/thumbnail")

@@ -37,6 +37,7 @@ REQUESTS: dict[tuple[str, str], Call] = {
     ("GET", "/files/{key:path}"): lambda c, x, h: c.get(x["file"], headers=h),
     ("GET", "/sample/meta/{meta_uuid}"): lambda c, x, h: c.get("/sample/meta/one", headers=h),
     ("GET", "/duplicates"): lambda c, x, h: c.get("/duplicates", headers=h),
+    ("GET", "/tags"): lambda c, x, h: c.get("/tags", headers=h),
     ("POST", "/sample/file"): (
         lambda c, x, h: c.post("/sample/file", files={"file": ("q.jpg", jpeg(1))}, headers=h)
     ),

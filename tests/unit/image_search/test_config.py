@@ -18,6 +18,13 @@ def test_repo_config_loads_with_embedded_defaults() -> None:
     assert s.stores.objects_uri.startswith("file:///")
     assert Path(s.stores.vectors_uri).is_absolute()
     assert s.stores.consistency_level == "Strong"
+    assert s.stores.search_consistency_level == "Session"
+
+
+def test_search_consistency_must_read_own_writes(tmp_path: Path) -> None:
+    env = {"ISE__STORES__SEARCH_CONSISTENCY_LEVEL": "Bounded"}
+    with pytest.raises(ConfigError, match="Strong or Session"):
+        load_settings(ROOT / "config.yaml", environ=env)
 
 
 def test_env_overrides_are_typed(tmp_path: Path) -> None:

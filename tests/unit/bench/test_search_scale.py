@@ -1,0 +1,119 @@
+"""The pure parts of bench/search_scale.py: vectors, recall, percentiles and the rows it writes.
+
+No server and no model: the views are random unit vectors, the metadata store is SQLite.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench import search_scale as ss
+from image_search.records import milvus_id_for, valid_meta_uuid
+from image_search.stores.base import LIVE
+from image_search.stores.metadata import Content, SqlMetadataStore
+
+
+@pytest.fixture(scope="module")
+def basis() -> ss.Basis:
+    rng = np.random.default_rng(0)
+    # Non-negative like the model's pooled features, so the views share a mean direction.
+    views = ss.normalise(np.abs(rng.standard_normal((40, 64))).astype(np.float32))
+    return ss.Basis.of(views, rank=16)
+
+
+def test_perturbed_vectors_are_unit_norm_and_near_the_views(basis: ss.Basis) -> None:
+    x = ss.perturb(basis, np.random.default_rng(1), 500)
+    assert x.shape == (500, 64) and x.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
+    # Not copies of the views (squared L2 > 0), yet nearer to them than views are to each other.
+    to_view = (2 - 2 * x @ basis.views.T).min(axis=1)
+    between = np.sort(2 - 2 * basis.views @ basis.views.T, axis=1)[:, 1]
+    assert to_view.min() > 1e-4
+    assert np.median(to_view) < np.median(between)
+
+
+def test_chunks_regenerate_identically_and_streams_differ(basis: ss.Basis) -> None:
+    a, b = ss.chunk(basis, 3, 100), ss.chunk(basis, 3, 100)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, ss.chunk(basis, 4, 100))
+    assert not np.allclose(a, ss.chunk(basis, 3, 100, stream=1))
+
+
+def test_chunks_cover_n_rows_in_order(basis: ss.Basis, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ss, "GEN_CHUNK", 30)
+    got = list(ss.chunks(basis, 75))
+    assert [start for start, _ in got] == [0, 30, 60]
+    assert [len(x) for _, x in got] == [30, 30, 15]
+    np.testing.assert_array_equal(got[1][1], ss.chunk(basis, 1, 30))
+
+
+def test_exact_topk_equals_brute_force_across_chunks(
+    basis: ss.Basis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ss, "GEN_CHUNK", 37)  # chunk edges inside the data and the top-k
+    n = 200
+    everything = np.concatenate([x for _, x in ss.chunks(basis, n)])
+    queries = ss.chunk(basis, 0, 12, stream=1)
+    want = np.argsort(((queries[:, None, :] - everything[None]) ** 2).sum(-1), axis=1)[:, :10]
+    got = ss.exact_topk(basis, n, queries)
+    assert ss.recall_at_k(got.tolist(), want.tolist()) == 1.0
+    # A stored vector's nearest is itself.
+    assert ss.exact_topk(basis, n, everything[[5, 150]])[:, 0].tolist() == [5, 150]
+
+
+def test_recall_at_k() -> None:
+    truth = [list(range(10)), list(range(10, 20))]
+    assert ss.recall_at_k(truth, truth) == 1.0
+    half = [[*list(range(5)), 90, 91, 92, 93, 94], list(range(10, 20))]
+    assert ss.recall_at_k(half, truth) == pytest.approx(0.75)
+    # Only the first k found count, in any order.
+    assert ss.recall_at_k([[*list(range(9, -1, -1)), 10]], [list(range(10))]) == 1.0
+    assert ss.recall_at_k([[99] * 3 + list(range(10))], [list(range(10))]) == pytest.approx(0.7)
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert ss.percentile(values, 50) == 50.0
+    assert ss.percentile(values, 99) == 99.0
+    assert ss.percentile(values, 100) == 100.0
+    assert ss.percentile([3.0], 99) == 3.0
+    assert ss.percentile([], 50) is None
+
+
+def test_rows_are_what_the_service_reads(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/meta.db"
+    n = 25
+    ss.fill_metadata(uri, n)
+    store = SqlMetadataStore(uri)
+    assert store.count() == n
+    rec = store.get(ss.meta_uuid(7))
+    assert rec is not None and valid_meta_uuid(rec.meta_uuid)
+    assert rec.milvus_id == milvus_id_for(rec.sha256) == int(ss.milvus_ids(7, 1)[0])
+    assert rec.file_path == f"meta/image/{rec.sha256}.jpg" and rec.tags == ()
+    # The list is newest first: the last row written comes first.
+    assert [r.meta_uuid for r in store.page(0, 2)] == [ss.meta_uuid(n - 1), ss.meta_uuid(n - 2)]
+    found = store.by_milvus_ids(ss.milvus_ids(3, 2).tolist())
+    assert sorted(r.meta_uuid for rows in found.values() for r in rows) == [
+        ss.meta_uuid(3), ss.meta_uuid(4)
+    ]  # fmt: skip
+    # Every row has its live content row, counted once: reconcile sees nothing to repair.
+    with store.engine.connect() as conn:
+        contents = conn.execute(Content.__table__.select()).all()
+    assert len(contents) == n
+    assert {(c.refs, c.pins, c.state) for c in contents} == {(1, 0, LIVE)}
+    assert store.ref_drift(lease_s=60) == []
+
+
+def test_replica_pids_finds_nothing_for_a_folder_no_service_runs_in(tmp_path: Path) -> None:
+    assert ss.replica_pids(tmp_path, "Indexer") == []
+
+
+def test_short_mode_is_small_and_on_the_embedded_store() -> None:
+    args = ss.parse_args(["--short"])
+    assert args.store == "lite" and args.vectors <= 10_000 and args.clients == [1, 4]
+    full = ss.parse_args([])
+    assert full.vectors == 1_000_000 and full.store == "both" and full.clients == [1, 16]
+    assert full.index_type == "HNSW" and "ef" in full.search_params

@@ -168,9 +168,9 @@ class MilvusVectorIndex:
                     self.model_id, self.dim, self.regions or "none")  # fmt: skip
 
     def has_regions(self) -> str:
-        """The region recipe this collection records ("" = built without region vectors)."""
-        self._connect()
-        return self.regions
+        """The region recipe this collection records ("" = built without region vectors).
+        Read when the client connects; through _call, so an outage is a StoreUnavailable."""
+        return self._call("describe", lambda _c: self.regions)
 
     def _index_params(self, client: MilvusClient) -> Any:
         index = client.prepare_index_params()

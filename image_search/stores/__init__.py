@@ -7,6 +7,7 @@ from settings, so no caller restates them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from image_search.config import Settings
 from image_search.embedding import model_card
@@ -79,21 +80,29 @@ def milvus_index(settings: Settings, dim: int, model_id: str, collection: str) -
     from image_search.regions import RECIPE
     from image_search.stores.vectors import MilvusVectorIndex
 
-    st = settings.stores
     return MilvusVectorIndex(
         regions=RECIPE if settings.search.regions else "",
-        uri=vectors_endpoint(settings),
         collection=collection,
         dim=dim,
         model_id=model_id,
-        index_type=st.index_type,
-        index_params=st.index_params,
-        search_params=st.search_params,
-        consistency_level=st.consistency_level,
-        search_consistency_level=st.search_consistency_level,
-        timeout_s=st.connect_timeout_s,
-        token=st.vectors_token,
+        **_milvus_options(settings),
     )
+
+
+def _milvus_options(settings: Settings) -> dict[str, Any]:
+    """What every Milvus collection of the service is opened with: endpoint, index, search
+    parameters, consistency, timeout and credentials."""
+    st = settings.stores
+    return {
+        "uri": vectors_endpoint(settings),
+        "index_type": st.index_type,
+        "index_params": st.index_params,
+        "search_params": st.search_params,
+        "consistency_level": st.consistency_level,
+        "search_consistency_level": st.search_consistency_level,
+        "timeout_s": st.connect_timeout_s,
+        "token": st.vectors_token,
+    }
 
 
 def records_regions(vectors: VectorIndex) -> bool:
@@ -121,20 +130,12 @@ def milvus_region_index(settings: Settings, dim: int, model_id: str, collection:
     from image_search.regions import MAX_PARTS
     from image_search.stores.vectors import MilvusRegionIndex
 
-    st = settings.stores
     return MilvusRegionIndex(
-        uri=vectors_endpoint(settings),
         collection=region_collection(collection),
         dim=dim,
         model_id=model_id,
-        index_type=st.index_type,
-        index_params=st.index_params,
-        search_params=st.search_params,
-        consistency_level=st.consistency_level,
-        search_consistency_level=st.search_consistency_level,
-        timeout_s=st.connect_timeout_s,
-        token=st.vectors_token,
         max_parts=MAX_PARTS,
+        **_milvus_options(settings),
     )
 
 

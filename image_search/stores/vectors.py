@@ -309,17 +309,21 @@ class MilvusVectorIndex:
         return self._call("count", run)
 
     def ids(self) -> Iterator[int]:
+        yield from self._scan("ids", "id")
+
+    def _scan(self, what: str, field: str, expr: str = "") -> list[int]:
+        """Every row's integer `field` (matching `expr`), read in pages by a query iterator."""
+
         def run(c: MilvusClient) -> list[int]:
-            it = c.query_iterator(
-                self.collection, batch_size=4096, output_fields=["id"], timeout=self._slow_timeout
-            )
+            it = c.query_iterator(self.collection, batch_size=4096, filter=expr,
+                                  output_fields=[field], timeout=self._slow_timeout)  # fmt: skip
             out: list[int] = []
             while batch := it.next():
-                out.extend(int(r["id"]) for r in batch)
+                out.extend(int(r[field]) for r in batch)
             it.close()
             return out
 
-        yield from self._call("ids", run)
+        return self._call(what, run)
 
     def ping(self) -> None:
         def run(c: MilvusClient) -> None:
@@ -445,14 +449,4 @@ class MilvusRegionIndex(MilvusVectorIndex):
 
     def owners(self) -> Iterator[int]:
         """Every image with parts here (reconcile: parts whose image is gone)."""
-
-        def run(c: MilvusClient) -> list[int]:
-            it = c.query_iterator(self.collection, batch_size=4096, filter="part == 0",
-                                  output_fields=["owner"], timeout=self._slow_timeout)  # fmt: skip
-            out: list[int] = []
-            while batch := it.next():
-                out.extend(int(r["owner"]) for r in batch)
-            it.close()
-            return out
-
-        yield from self._call("owners", run)
+        yield from self._scan("owners", "owner", "part == 0")

@@ -44,7 +44,6 @@ from bench.photos import real_photos, to_jpeg
 
 logger = logging.getLogger("bench.compare")
 ROOT = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
 
 JPEG_QUALITY = 90
 SEARCH_LIMIT = 10
@@ -123,21 +122,11 @@ def search_requests(photos: list[bytes], n: int) -> list[Request]:
 def start_ours(workdir: Path, serve_args: Sequence[str] = ()) -> processes.Server:
     """`image-search serve` as the README runs it, on free ports and a private data folder;
     `serve_args` are appended to the command (e.g. another --serve-config)."""
-    port = processes.free_port()
-    env = {
-        **os.environ,
-        "RAY_TMPDIR": str(workdir),  # its Ray session lives here, not in Ray's shared temp dir
-        "ISE__SERVER__PORT": str(port),
-        "ISE_DASHBOARD_PORT": str(processes.free_port()),
-        "ISE_METRICS_PORT": str(processes.free_port()),
+    return processes.start_service(workdir, {
         "ISE__STORES__METADATA_URI": f"sqlite:///{workdir}/meta.db",
-        "ISE__STORES__OBJECTS_URI": f"file://{workdir}/objects",
         "ISE__STORES__VECTORS_URI": f"{workdir}/vectors.db",
         "ISE__STORES__LITE_PORT": str(processes.free_port()),
-    }
-    env.pop("RAY_ADDRESS", None)  # always its own local cluster
-    return processes.start("ours", [str(VENV_BIN / "image-search"), "serve", *serve_args],
-                           f"http://127.0.0.1:{port}", workdir, env, ROOT)  # fmt: skip
+    }, serve_args)  # fmt: skip
 
 
 def start_reference(workdir: Path) -> processes.Server:

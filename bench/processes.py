@@ -14,7 +14,9 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +67,28 @@ def start(
             start_new_session=True, preexec_fn=_die_with_parent,
         )  # fmt: skip
     return Server(name, url, log, workdir, proc)
+
+
+def start_service(
+    workdir: Path, settings: Mapping[str, str], serve_args: Sequence[str] = ()
+) -> Server:
+    """`image-search serve`, as the README runs it, on free loopback ports with its Ray
+    session and objects in `workdir`; `settings` (ISE__... variables) point it at its stores.
+    """
+    port = free_port()
+    env = {
+        **os.environ,
+        "RAY_TMPDIR": str(workdir),  # its Ray session lives here, not in Ray's shared temp dir
+        "ISE__SERVER__PORT": str(port),
+        "ISE_DASHBOARD_PORT": str(free_port()),
+        "ISE_METRICS_PORT": str(free_port()),
+        "ISE__STORES__OBJECTS_URI": f"file://{workdir}/objects",
+        **settings,
+    }
+    env.pop("RAY_ADDRESS", None)  # always its own local cluster
+    cmd = [str(Path(sys.executable).parent / "image-search"), "serve", *serve_args]
+    root = Path(__file__).resolve().parents[1]
+    return start("service", cmd, f"http://127.0.0.1:{port}", workdir, env, root)
 
 
 def wait_ready(server: Server, path: str, timeout: float) -> httpx.Response:

@@ -166,30 +166,10 @@ class Engine:
         Same file, same nodes: only an output is added and the spatial input dims are freed
         (the graph has no shape-dependent op; padding is folded into the convs).
         """
-        import onnx
-        import onnxruntime as ort
+        from image_search.embedding.feature_maps import onnx_feature_map_session
 
-        proto = onnx.load(str(self.model.path))  # type: ignore[attr-defined]
-        graph = proto.graph
-        made_by = {out: node for node in graph.node for out in node.output}
-        (mean,) = [n for n in graph.node if n.op_type == "ReduceMean"]
-        power = made_by[mean.input[0]]
-        clip = made_by[power.input[0]]
-        assert (power.op_type, clip.op_type) == ("Pow", "Clip"), "GeM is not where expected"
-        fmap = onnx.helper.make_tensor_value_info(clip.input[0], onnx.TensorProto.FLOAT, None)
-        graph.output.append(fmap)
-        dims = graph.input[0].type.tensor_type.shape.dim
-        for i, name in ((2, "height"), (3, "width")):
-            dims[i].ClearField("dim_value")
-            dims[i].dim_param = name
-        del graph.value_info[:]
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(proto.SerializeToString(), opts,
-                                       providers=["CPUExecutionProvider"])  # fmt: skip
-        name = session.get_inputs()[0].name
+        path = self.model.path  # type: ignore[attr-defined]
+        session, name, _ = onnx_feature_map_session(path, threads, self.model.model_id)
 
         def run(x: np.ndarray) -> list[np.ndarray]:
             out: list[np.ndarray] = session.run(None, {name: x})

@@ -67,7 +67,6 @@ from bench.photos import real_photos, to_jpeg
 logger = logging.getLogger("bench.search_scale")
 
 ROOT = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
 SEED = 20261203
 MIX_MAX = 0.5  # how far towards a second real view a vector may be mixed
 NOISE_SCALE = 0.5  # noise spread relative to the real views' spread, per principal direction
@@ -255,6 +254,7 @@ def fill_metadata(uri: str, n: int) -> float:
         with store.engine.begin() as conn:
             conn.execute(insert(Content), content_rows(rows))
             conn.execute(insert(Image), rows)
+    store.recount()  # the rows went around the store's kept count
     store.engine.dispose()
     return time.monotonic() - began
 
@@ -378,13 +378,20 @@ class Stores:
     stop: Callable[[], None] = lambda: None
 
 
-def server_stores(workdir: Path) -> Stores:
-    """The test plugin's Milvus 2.3.5 standalone and MariaDB, on free loopback ports."""
+def server_stores(workdir: Path, segment_mb: int = 0) -> Stores:
+    """The test plugin's Milvus 2.3.5 standalone and MariaDB, on free loopback ports;
+    segment_mb > 0: Milvus seals segments of about that size (0: Milvus's default)."""
     sys.path.insert(0, str(ROOT))  # tests/ is a package of the project, not an installed one
     from tests.servers.mariadb_server import MariaDB
     from tests.servers.milvus import MilvusServer
 
     milvus, maria = MilvusServer(workdir / "milvus"), MariaDB(workdir / "mariadb")
+    if segment_mb:
+        # Milvus searches every sealed segment with its own HNSW graph: at its defaults (512 MB,
+        # sealed at 23%) a million 1280-d vectors make ~40 segments, and a search costs ~40
+        # graph walks. Sealed near segment_mb, the same vectors make a few.
+        milvus.config.set("dataCoord.segment.maxSize", segment_mb)
+        milvus.config.set("dataCoord.segment.sealProportion", 0.9)
 
     def stop() -> None:
         with SIGNALS.uninterrupted():
@@ -497,7 +504,12 @@ def wait_indexed(endpoint: str, collection: str, n: int, timeout_s: float = 7200
                 logger.info("  index: %s / %s rows (%s)", done, total, info.get("state"))
             time.sleep(2)
         client.load_collection(collection, timeout=timeout_s)
-        return time.monotonic() - began
+        took = time.monotonic() - began
+        with contextlib.suppress(Exception):  # Milvus Lite has no segment listing
+            segments = client.list_loaded_segments(collection, timeout=60)
+            logger.info("  %d segments loaded, rows each: %s", len(segments),
+                        sorted(int(getattr(s, "num_rows", 0)) for s in segments))  # fmt: skip
+        return took
     finally:
         client.close()
 
@@ -505,24 +517,15 @@ def wait_indexed(endpoint: str, collection: str, n: int, timeout_s: float = 7200
 # -- the service -----------------------------------------------------------------------------------
 def start_service(workdir: Path, stores: Stores, choice: IndexChoice) -> processes.Server:
     """`image-search serve` on free loopback ports, pointed at the filled stores."""
-    port = processes.free_port()
-    env = {
-        **os.environ, **stores.env,
-        "RAY_TMPDIR": str(workdir),
-        "ISE__SERVER__PORT": str(port),
-        "ISE_DASHBOARD_PORT": str(processes.free_port()),
-        "ISE_METRICS_PORT": str(processes.free_port()),
+    return processes.start_service(workdir, {
+        **stores.env,
         "ISE__STORES__METADATA_URI": stores.metadata_uri,
-        "ISE__STORES__OBJECTS_URI": f"file://{workdir}/objects",
         "ISE__STORES__VECTORS_URI": stores.vectors_uri,
         "ISE__STORES__INDEX_TYPE": choice.index_type,
         "ISE__STORES__INDEX_PARAMS": json.dumps(choice.index_params),
         "ISE__STORES__SEARCH_PARAMS": json.dumps(choice.search_params),
         "ISE__STORES__SEARCH_CONSISTENCY_LEVEL": choice.consistency,
-    }  # fmt: skip
-    env.pop("RAY_ADDRESS", None)
-    cmd = [str(VENV_BIN / "image-search"), "serve"]
-    return processes.start("service", cmd, f"http://127.0.0.1:{port}", workdir, env, ROOT)
+    })  # fmt: skip
 
 
 @dataclass
@@ -684,18 +687,30 @@ def time_ms(fn: Callable[[], object], reps: int) -> float:
 
 def metadata_latencies(uri: str, n: int, reps: int = 15) -> dict[str, float]:
     """Median ms of each query the service runs on the metadata store, at n rows."""
-    from image_search.stores.metadata import SqlMetadataStore
+    from sqlalchemy import func, select
+
+    from image_search.stores.metadata import Image, SqlMetadataStore
 
     store = SqlMetadataStore(uri, timeout_s=30)
     rng = np.random.default_rng([SEED, 3])
     mids = milvus_ids(int(rng.integers(max(1, n - 26))), 26).tolist()
     one = meta_uuid(int(rng.integers(n)))
+    # Row ids are 1..n in insert order (fill_metadata): the cursors of the same deep pages.
+    mid_cursor, end_cursor = n - n // 2 + 1, 21
+
+    def count_rows() -> int:  # the baseline: what count() ran before the kept counter
+        with store.engine.connect() as conn:
+            return int(conn.execute(select(func.count(Image.id))).scalar_one())
+
     try:
         return {
             "count": time_ms(store.count, reps),
+            "count rows (COUNT(*))": time_ms(count_rows, reps),
             "page offset 0": time_ms(lambda: store.page(0, 20), reps),
             "page offset n/2": time_ms(lambda: store.page(n // 2, 20), reps),
             "page offset n-20": time_ms(lambda: store.page(max(0, n - 20), 20), reps),
+            "page before n/2": time_ms(lambda: store.page(0, 20, before=mid_cursor), reps),
+            "page before n-20": time_ms(lambda: store.page(0, 20, before=end_cursor), reps),
             "get meta_uuid": time_ms(lambda: store.get(one), reps),
             "by_milvus_ids x26": time_ms(lambda: store.by_milvus_ids(mids), reps),
             # Every replica runs it when it starts (IndexService.ensure_stores).
@@ -709,8 +724,13 @@ def metadata_latencies(uri: str, n: int, reps: int = 15) -> dict[str, float]:
 def run_store(kind: str, args: argparse.Namespace, basis: Basis, workdir: Path) -> dict[str, Any]:
     choice = IndexChoice(args.index_type, args.index_params, args.search_params, args.consistency)
     logger.info("== %s: %d vectors, %s", kind, args.vectors, choice.label())
-    out: dict[str, Any] = {"store": kind, "vectors": args.vectors, "index": choice.label()}
-    stores = server_stores(workdir) if kind == "server" else lite_stores(workdir)
+    out: dict[str, Any] = {
+        "store": kind,
+        "vectors": args.vectors,
+        "index": choice.label(),
+        "segment_mb": args.segment_mb if kind == "server" else None,
+    }
+    stores = server_stores(workdir, args.segment_mb) if kind == "server" else lite_stores(workdir)
     server: processes.Server | None = None
     try:
         with PeakSampler(stores.vector_pid) as peak:
@@ -827,6 +847,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--search-params", type=json.loads, default=st.search_params, help="JSON")
     ap.add_argument("--consistency", default=st.search_consistency_level,
                     help="the searches' consistency level (Strong or Session)")  # fmt: skip
+    ap.add_argument(
+        "--segment-mb",
+        type=int,
+        default=0,
+        help="Milvus server: seal segments near this size in MB (0: its default)",
+    )
     ap.add_argument("--ef-sweep", default="64,256,512", help="more HNSW ef to measure recall at")
     ap.add_argument("--ready-timeout", type=float, default=600.0)
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "ise-search-scale")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from image_search.errors import ConfigError
+from image_search.stores import is_vectors_server
 
 if TYPE_CHECKING:
     from image_search.config import Settings
@@ -96,11 +97,6 @@ def init_local_ray(
     ray.init(**local, **kwargs)
 
 
-# vectors_uri schemes of a Milvus server; anything else is a path that Milvus Lite serves from
-# this machine's disk (the rule image_search.stores.vectors_endpoint applies).
-MILVUS_SERVER_SCHEMES = ("http://", "https://", "tcp://", "grpc://")
-
-
 def embedded_stores(settings: Settings) -> list[str]:
     """The stores that live on one machine's disk: "setting=value (kind)", one per store."""
     st = settings.stores
@@ -109,7 +105,7 @@ def embedded_stores(settings: Settings) -> list[str]:
         found.append(f"stores.metadata_uri={st.metadata_uri} (SQLite)")
     if st.objects_uri.startswith("file://"):
         found.append(f"stores.objects_uri={st.objects_uri} (a local folder)")
-    if not st.vectors_uri.startswith(MILVUS_SERVER_SCHEMES):
+    if not is_vectors_server(st.vectors_uri):
         found.append(f"stores.vectors_uri={st.vectors_uri} (Milvus Lite)")
     return found
 

@@ -260,9 +260,11 @@ class IngressFlows:
         return {r.file_path: u for r, u in zip(records, urls, strict=True)}
 
     async def page(
-        self, offset: int, limit: int, tags: tuple[str, ...] = ()
+        self, offset: int, limit: int, tags: tuple[str, ...] = (), before: int | None = None
     ) -> tuple[list[ImageRecord], int]:
-        result: tuple[list[ImageRecord], int] = await self.indexer.page.remote(offset, limit, tags)
+        result: tuple[list[ImageRecord], int] = await self.indexer.page.remote(
+            offset, limit, tags, before
+        )
         return result
 
     async def counts(self, tags: tuple[str, ...] = ()) -> tuple[int, int]:

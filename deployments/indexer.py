@@ -144,9 +144,9 @@ class Indexer:
         return await self._run(self.svc.get, meta_uuid)
 
     async def page(
-        self, offset: int, limit: int, tags: tuple[str, ...] = ()
+        self, offset: int, limit: int, tags: tuple[str, ...] = (), before: int | None = None
     ) -> tuple[list[ImageRecord], int]:
-        return await self._run(self.svc.page, offset, limit, tags)
+        return await self._run(self.svc.page, offset, limit, tags, before)
 
     async def counts(self, tags: tuple[str, ...] = ()) -> tuple[int, int]:
         return await self._run(self.svc.counts, tags)

@@ -496,11 +496,12 @@ class IndexService:
         return rec
 
     def page(
-        self, offset: int, limit: int, tags: Sequence[str] = ()
+        self, offset: int, limit: int, tags: Sequence[str] = (), before: int | None = None
     ) -> tuple[list[ImageRecord], int]:
-        """One page, newest first, and the total; with `tags`, of the images carrying all."""
+        """One page, newest first, and the total; with `tags`, of the images carrying all;
+        with `before`, of the images older than the row with that id."""
         md = self.stores.metadata
-        return md.page(offset, limit, tags), md.count(tags)
+        return md.page(offset, limit, tags, before), md.count(tags)
 
     def tag_counts(self, limit: int) -> list[TagCount]:
         return self.stores.metadata.tag_counts(limit)
@@ -512,7 +513,12 @@ class IndexService:
     def stored_embedding(self, meta_uuid: str) -> Embedding:
         """The vector an image is indexed by, for a search with a stored image."""
         rec = self.get(meta_uuid)
-        found = self.stores.vectors.get([rec.milvus_id])
+        # At the searches' consistency first: a committed row's vector was written before
+        # the row, so only a vector written by another process a moment ago can be missed,
+        # and a fresh read finds that one.
+        found = self.stores.vectors.get([rec.milvus_id], fresh=False)
+        if rec.milvus_id not in found:
+            found = self.stores.vectors.get([rec.milvus_id])
         if rec.milvus_id not in found:
             raise StoreUnavailable(f"vector of {meta_uuid!r} is missing; run reconcile", "vectors")
         return Embedding(self.stores.vectors.model_id, found[rec.milvus_id])

@@ -137,11 +137,16 @@ def _lease(grace_s: float) -> float:
 
 
 def _repair_refs(svc: IndexService, grace_s: float) -> dict[str, Any]:
-    purges = svc.stores.metadata.repair_refs(_lease(grace_s))
+    md = svc.stores.metadata
+    purges = md.repair_refs(_lease(grace_s))
     for purge in purges:
         svc.purge(purge)
     logger.info("recounted references; purged %d contents nothing references", len(purges))
-    return {"contents_purged": len(purges)}
+    # The kept image count too (rows bulk-loaded around the store, or by an older version).
+    kept, rows = md.recount()
+    if kept != rows:
+        logger.warning("image count was %d, %d rows: recounted", kept, rows)
+    return {"contents_purged": len(purges), "image_count": {"kept": kept, "rows": rows}}
 
 
 def _delete_orphan_vectors(svc: IndexService, f: Findings, grace_s: float) -> dict[str, Any]:

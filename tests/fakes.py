@@ -53,7 +53,7 @@ class MemoryVectorIndex:
         return [[h for h in self.search(v, len(self.rows)) if h.distance <= radius][:limit]
                 for v in vectors]  # fmt: skip
 
-    def get(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
+    def get(self, ids: Sequence[int], fresh: bool = True) -> dict[int, np.ndarray]:
         return {int(i): self.rows[int(i)] for i in ids if int(i) in self.rows}
 
     def delete(self, ids: Sequence[int]) -> None:

@@ -116,7 +116,8 @@ const imagePath = (metaUuid) => `meta/image/${encodeURIComponent(metaUuid)}`;
 export const api = {
   count: () => requestJSON("meta/image/count"),
   // tag: "" for every image, else only the images that carry it.
-  list: (offset, limit, tag) => requestJSON("meta/image", { params: { offset, limit, tags: tag } }),
+  // `before`: the previous page's next_before (a cursor: as fast on page 1,000 as on page 1).
+  list: (before, limit, tag) => requestJSON("meta/image", { params: { before, limit, tags: tag } }),
   tags: () => requestJSON("tags", { params: { limit: 1000 } }),
   remove: (metaUuid) => requestJSON(imagePath(metaUuid), { method: "DELETE" }),
   duplicates: (threshold, offset, limit) =>

@@ -21,12 +21,19 @@ export function initGallery({ onSimilar, onCountChanged }) {
   const pageLabel = $("page-label");
   const pageSize = $("page-size");
 
-  let offset = 0;
+  // Pages by cursor: cursors[i] is the `before` of the i-th page visited from the first
+  // (null: the newest), so Previous steps back exactly and no page reads the rows before it.
+  let cursors = [null];
+  let nextCursor = null;
   let total = 0;
   let stale = true; // set when uploads or deletes happened since the last load
   let loadSeq = 0; // only the newest load may render
 
   const limit = () => Number(pageSize.value);
+  const offset = () => (cursors.length - 1) * limit();
+  const firstPage = () => {
+    cursors = [null];
+  };
 
   async function remove(meta, button) {
     const name = meta.file_name || meta.meta_uuid;
@@ -39,7 +46,7 @@ export function initGallery({ onSimilar, onCountChanged }) {
       showNotice(`Deleted ${name}.`);
       onCountChanged();
       // Deleting the last card of the last page: step back to the page before.
-      if (grid.children.length === 1 && offset > 0) offset = Math.max(0, offset - limit());
+      if (grid.children.length === 1 && cursors.length > 1) cursors.pop();
       await load();
     } catch (err) {
       button.disabled = false;
@@ -76,7 +83,7 @@ export function initGallery({ onSimilar, onCountChanged }) {
   /** Show only the images tagged `tag` ("" for all), from the first page. */
   function filterBy(tag) {
     chooseTag(tagSelect, tag);
-    offset = 0;
+    firstPage();
     load();
   }
 
@@ -85,25 +92,26 @@ export function initGallery({ onSimilar, onCountChanged }) {
     const tag = tagSelect.value;
     status.textContent = "Loading…";
     try {
-      const body = await api.list(offset, limit(), tag);
+      const body = await api.list(cursors[cursors.length - 1], limit(), tag);
       if (seq !== loadSeq) return;
       total = body.total;
-      // The page we were on may have emptied (deletes elsewhere): show the last one instead.
-      if (!body.data.length && total > 0 && offset > 0) {
-        offset = Math.floor((total - 1) / limit()) * limit();
+      // The page we were on may have emptied (deletes elsewhere): show the one before.
+      if (!body.data.length && total > 0 && cursors.length > 1) {
+        cursors.pop();
         return load();
       }
+      nextCursor = body.next_before;
       stale = false;
       grid.replaceChildren(...body.data.map(card));
       const pages = Math.max(1, Math.ceil(total / limit()));
-      const page = Math.floor(offset / limit()) + 1;
+      const page = cursors.length;
       const tagged = tag ? ` tagged “${tag}”` : "";
       status.textContent = total
         ? `${formatCount(total, "image", "images")}${tagged}, newest first.`
         : tag ? `No images tagged “${tag}”.` : "No images yet: add some in Upload.";
-      pageLabel.textContent = `Page ${page} of ${pages}`;
-      prev.disabled = offset === 0;
-      next.disabled = offset + limit() >= total;
+      pageLabel.textContent = `Page ${page} of ${Math.max(page, pages)}`;
+      prev.disabled = cursors.length === 1;
+      next.disabled = nextCursor === null || offset() + limit() >= total;
     } catch (err) {
       if (seq !== loadSeq) return;
       status.textContent = "The gallery could not be loaded.";
@@ -113,15 +121,16 @@ export function initGallery({ onSimilar, onCountChanged }) {
   }
 
   prev.addEventListener("click", () => {
-    offset = Math.max(0, offset - limit());
+    if (cursors.length > 1) cursors.pop();
     load();
   });
   next.addEventListener("click", () => {
-    offset += limit();
+    if (nextCursor === null) return;
+    cursors.push(nextCursor);
     load();
   });
   pageSize.addEventListener("change", () => {
-    offset = 0;
+    firstPage();
     load();
   });
   tagSelect.addEventListener("change", () => filterBy(tagSelect.value));

@@ -37,12 +37,24 @@ def load_feature_maps(model: EmbeddingModel, name: str, threads: int) -> Feature
 
 
 def _onnx(model: EmbeddingModel, threads: int) -> Callable[[np.ndarray], np.ndarray]:
-    import onnx
-    import onnxruntime as ort
-
     path = getattr(model, "path", None)
     if path is None:
         raise ConfigError(f"{model.model_id}: no ONNX graph to take the feature map from")
+    session, input_name, map_name = onnx_feature_map_session(path, threads, model.model_id)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        (fmap,) = session.run([map_name], {input_name: x})
+        return np.asarray(fmap, dtype=np.float32)
+
+    return run
+
+
+def onnx_feature_map_session(path: Any, threads: int, model_id: str) -> tuple[Any, str, str]:
+    """(session, input name, map output name) over the ONNX graph at `path`, whose outputs are
+    the graph's own (the global vector) and then the map its GeM pools."""
+    import onnx
+    import onnxruntime as ort
+
     proto = onnx.load(str(path))
     graph = proto.graph
     made_by = {out: node for node in graph.node for out in node.output}
@@ -50,7 +62,7 @@ def _onnx(model: EmbeddingModel, threads: int) -> Callable[[np.ndarray], np.ndar
     means = [n for n in graph.node if n.op_type == "ReduceMean"]
     clip = made_by.get(made_by[means[-1].input[0]].input[0]) if means else None
     if clip is None or clip.op_type != "Clip":
-        raise ConfigError(f"{model.model_id}: the graph's pooling is not GeM; no region search")
+        raise ConfigError(f"{model_id}: the graph's pooling is not GeM; no region search")
     graph.output.append(
         onnx.helper.make_tensor_value_info(clip.input[0], onnx.TensorProto.FLOAT, None)
     )
@@ -65,14 +77,7 @@ def _onnx(model: EmbeddingModel, threads: int) -> Callable[[np.ndarray], np.ndar
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(proto.SerializeToString(), opts,
                                    providers=["CPUExecutionProvider"])  # fmt: skip
-    input_name = session.get_inputs()[0].name
-    output_name = clip.input[0]
-
-    def run(x: np.ndarray) -> np.ndarray:
-        (fmap,) = session.run([output_name], {input_name: x})
-        return np.asarray(fmap, dtype=np.float32)
-
-    return run
+    return session, session.get_inputs()[0].name, str(clip.input[0])
 
 
 def _torch(model: EmbeddingModel) -> Callable[[np.ndarray], np.ndarray]:

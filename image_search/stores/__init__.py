@@ -65,10 +65,15 @@ def open_objects(settings: Settings) -> ObjectStore:
     raise ValueError(f"unsupported objects_uri {uri!r}: use file://DIR or s3://BUCKET")
 
 
+def is_vectors_server(uri: str) -> bool:
+    """A Milvus server's URI, as opposed to a path for the embedded Milvus Lite."""
+    return uri.startswith(("http://", "https://", "tcp://", "grpc://"))
+
+
 def vectors_endpoint(settings: Settings) -> str:
     """The gRPC URI to use: a server URI as is, or a local Milvus Lite server for a path."""
     uri = settings.stores.vectors_uri
-    if uri.startswith(("http://", "https://", "tcp://", "grpc://")):
+    if is_vectors_server(uri):
         return uri
     from image_search.stores.lite_server import ensure_lite_server
 
@@ -95,6 +100,8 @@ def _milvus_options(settings: Settings) -> dict[str, Any]:
     st = settings.stores
     return {
         "uri": vectors_endpoint(settings),
+        # Keepalives for a server only (MilvusVectorIndex says why not for Milvus Lite).
+        "keepalive": is_vectors_server(st.vectors_uri),
         "index_type": st.index_type,
         "index_params": st.index_params,
         "search_params": st.search_params,

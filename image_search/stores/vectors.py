@@ -43,6 +43,14 @@ Box = tuple[float, float, float, float]
 # Added to a range search's radius, which Milvus treats as exclusive, so that a vector
 # exactly at the threshold is in range (distances are float32: ~1e-7 apart near 1).
 RADIUS_SLACK = 1e-6
+# gRPC channel options. Each index owns its channel and its transport (pymilvus would share
+# one per address, and gRPC one per target): dropping a broken client then really reconnects,
+# instead of reusing a transport the server has closed.
+OWN_CHANNEL = {"grpc.use_local_subchannel_pool": 1}
+# Milvus Lite's server (grpcio, default ping policy) answers a client's keepalive pings with
+# GOAWAY "too_many_pings", and every call on that connection fails (seen in CI). It runs on
+# loopback beside us, where keepalives detect nothing a closed socket does not.
+NO_KEEPALIVE = {"grpc.keepalive_time_ms": 2**31 - 1, "grpc.keepalive_permit_without_calls": 0}
 
 
 class MilvusVectorIndex:
@@ -64,6 +72,7 @@ class MilvusVectorIndex:
         timeout_s: float = 5.0,
         token: str = "",
         regions: str = "",
+        keepalive: bool = True,
     ) -> None:
         self.uri = uri
         self.collection = collection
@@ -78,6 +87,7 @@ class MilvusVectorIndex:
         self.search_consistency_level = search_consistency_level or consistency_level
         self.timeout_s = timeout_s
         self.token = token
+        self.grpc_options = OWN_CHANNEL if keepalive else {**OWN_CHANNEL, **NO_KEEPALIVE}
         self._client: MilvusClient | None = None
         self._lock = threading.Lock()
         self._pending = 0
@@ -97,7 +107,8 @@ class MilvusVectorIndex:
     def _connect(self) -> MilvusClient:
         with self._lock:
             if self._client is None:
-                client = MilvusClient(uri=self.uri, token=self.token, timeout=self.timeout_s)
+                client = MilvusClient(uri=self.uri, token=self.token, timeout=self.timeout_s,
+                                      dedicated=True, grpc_options=self.grpc_options)  # fmt: skip
                 try:
                     version = str(client.get_server_version(timeout=self.timeout_s))
                     self._lite = version.startswith("milvus_lite")
@@ -273,9 +284,11 @@ class MilvusVectorIndex:
             params["ef"] = max(int(params.get("ef", 0)), min(limit, MAX_TOP_K))
         return params
 
-    def get(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
+    def get(self, ids: Sequence[int], fresh: bool = True) -> dict[int, np.ndarray]:
         if not ids:
             return {}
+        # Strong waits for the server's time tick (~200 ms per call on a Milvus server).
+        level = self.consistency_level if fresh else self.search_consistency_level
 
         def run(c: MilvusClient) -> dict[int, np.ndarray]:
             rows = c.get(
@@ -283,6 +296,7 @@ class MilvusVectorIndex:
                 ids=[int(i) for i in ids],
                 output_fields=["vector"],
                 timeout=self.timeout_s,
+                consistency_level=level,
             )
             return {int(r["id"]): np.asarray(r["vector"], dtype=np.float32) for r in rows}
 

@@ -65,6 +65,77 @@ def test_list_newest_first_with_paging(metadata_store: MetadataStore) -> None:
     assert metadata_store.count() == 5
 
 
+def test_cursor_pages_follow_the_ids_and_ignore_earlier_deletes(
+    metadata_store: MetadataStore,
+) -> None:
+    md = metadata_store
+    for n in range(7):
+        md.add(new_image(n))
+    first = md.page(0, 3)
+    assert [r.meta_uuid for r in first] == ["uuid-6", "uuid-5", "uuid-4"]
+    # A delete on a page already shown does not shift the next one (OFFSET would skip a row).
+    md.delete("uuid-5")
+    second = md.page(0, 3, before=first[-1].id)
+    assert [r.meta_uuid for r in second] == ["uuid-3", "uuid-2", "uuid-1"]
+    assert [r.meta_uuid for r in md.page(0, 3, before=second[-1].id)] == ["uuid-0"]
+    assert [r.meta_uuid for r in md.page(1, 2, before=first[0].id)] == ["uuid-3", "uuid-2"]
+    assert md.page(0, 3, before=min(r.id for r in second) - 1000) == []
+
+
+def test_the_kept_count_follows_every_write(metadata_store: MetadataStore) -> None:
+    """count() reads a counter kept by the writes themselves; recount() agrees with it."""
+    md = metadata_store
+    for n in range(4):
+        md.add(new_image(n, content=n % 2))
+    with pytest.raises(Conflict):
+        md.add(new_image(9, "uuid-1"))
+    assert md.count() == 4
+    md.delete("uuid-0")
+    md.delete("nope")
+    assert md.count() == 3
+    assert md.recount() == (3, 3)
+    md.delete_all()
+    assert md.count() == 0 and md.recount() == (0, 0)
+    md.add(new_image(5))
+    assert md.count() == 1
+
+
+def test_rows_written_around_the_store_are_counted_again(metadata_store: MetadataStore) -> None:
+    """A database from before the counter gets one at start; a bulk load, at recount()."""
+    from sqlalchemy import delete as sql_delete
+
+    from image_search.stores.metadata import Image, RowCounter
+
+    md = metadata_store
+    for n in range(3):
+        md.add(new_image(n))
+    engine = md.engine  # type: ignore[attr-defined]
+    RowCounter.__table__.drop(engine)
+    md.create_schema()
+    md.create_schema()  # a second replica: idempotent
+    assert md.count() == 3
+    with engine.begin() as conn:  # rows removed around the store (a bulk tool)
+        conn.execute(sql_delete(Image).where(Image.meta_uuid == "uuid-1"))
+    assert md.count() == 3
+    assert md.recount() == (3, 2) and md.count() == 2
+
+
+def test_iter_content_walks_every_content_in_pages(
+    metadata_store: MetadataStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import image_search.stores.metadata as sql
+
+    monkeypatch.setattr(sql, "CONTENT_PAGE", 2)
+    md = metadata_store
+    for n in range(7):
+        md.add(new_image(n, content=n % 5))  # 5 contents, two of them shared
+    got = list(md.iter_content())
+    want = {(key_of(new_image(c)).sha256, key_of(new_image(c)).milvus_id,
+             key_of(new_image(c)).file_path) for c in range(5)}  # fmt: skip
+    assert len(got) == 5 and set(got) == want
+    assert [m for _, m, _ in got] == sorted(m for _, m, _ in got)
+
+
 def test_shared_content_references_and_delete(metadata_store: MetadataStore) -> None:
     a = metadata_store.add(new_image(1, "a", content=7))
     b = metadata_store.add(new_image(2, "b", content=7))
@@ -255,6 +326,8 @@ def test_concurrent_writers_in_separate_connections_keep_exact_counts(
         for st in stores:
             st.engine.dispose()  # type: ignore[attr-defined]
     assert metadata_store.ref_drift(lease_s=60) == []
+    kept, rows = metadata_store.recount()
+    assert kept == rows == metadata_store.count()
     for content in range(3):
         mid = new_image(0, content=content).milvus_id
         rows = len(metadata_store.by_milvus_ids([mid]).get(mid, []))
@@ -370,3 +443,55 @@ def test_an_existing_database_gets_its_tag_index_once(metadata_store: MetadataSt
     assert md.get("uuid-2").tags == ("red", "猫")  # type: ignore[union-attr]
     md.delete("uuid-2")
     assert md.tag_counts(10) == [TagCount("red", 1)]
+
+
+def test_the_tag_fill_starts_above_the_rows_it_settled(metadata_store: MetadataStore) -> None:
+    """Every start fills tags only above a watermark (settled rows: older than SETTLED_S), so
+    a start costs the same at a million rows; rows above it (an older version writing during
+    a rolling upgrade) are still filled."""
+    from sqlalchemy import delete as sql_delete
+    from sqlalchemy import insert as sql_insert
+    from sqlalchemy import update as sql_update
+
+    from image_search.stores.metadata import TAGS_CHECKED, Image, ImageTag, RowCounter
+
+    md = metadata_store
+    engine = md.engine  # type: ignore[attr-defined]
+    old = [md.add(with_tags(new_image(n), "red")) for n in range(3)]
+    with engine.begin() as conn:  # written an hour ago
+        conn.execute(sql_update(Image).values(created_at=datetime.now(UTC) - timedelta(hours=1)))
+    md.create_schema()
+    with engine.connect() as conn:
+        mark = conn.execute(RowCounter.__table__.select().where(RowCounter.name == TAGS_CHECKED))
+        assert mark.one().value == old[-1].id
+        # Below the watermark, the fill no longer looks: a tag row removed there stays gone.
+        conn.execute(sql_delete(ImageTag).where(ImageTag.image_id == old[0].id))
+        # Above it, a row with tags and no tag rows (an older version's write) is filled.
+        fresh = new_image(9)
+        conn.execute(sql_insert(Image).values(
+            meta_uuid="by-old-version", hash_code=fresh.hash_code, sha256=fresh.sha256,
+            milvus_id=fresh.milvus_id, file_name="x.jpg", file_path=fresh.file_path,
+            mime="image/jpeg", size_bytes=1, width=1, height=1, tags='["blue"]',
+            created_at=datetime.now(UTC), updated_at=datetime.now(UTC)))  # fmt: skip
+        conn.commit()
+    md.create_schema()
+    assert md.tag_counts(10) == [TagCount("red", 2), TagCount("blue", 1)]
+
+
+def test_the_longest_tags_the_edge_accepts_fit_the_column(metadata_store: MetadataStore) -> None:
+    """check_tags bounds tags by the length of their stored JSON: the longest accepted (4-byte
+    characters included) fit MySQL's column, one more character is a 400 before any write."""
+    from image_search.errors import BadRequest
+    from image_search.records import TAGS_MAX_JSON, check_tags, tags_json
+
+    tags = [f"🐱猫{i:02d}" + "x" * 20 for i in range(40)]
+    while len(tags_json(tags)) < TAGS_MAX_JSON:
+        tags[-1] += "y"
+    tags[-1] = tags[-1][: len(tags[-1]) - (len(tags_json(tags)) - TAGS_MAX_JSON)]
+    assert len(tags_json(tags)) == TAGS_MAX_JSON
+    accepted = check_tags(tags)
+    rec = metadata_store.add(with_tags(new_image(1), *accepted))
+    assert metadata_store.get(rec.meta_uuid).tags == accepted  # type: ignore[union-attr]
+    assert metadata_store.count(["🐱猫00" + "x" * 20]) == 1
+    with pytest.raises(BadRequest):
+        check_tags([*tags[:-1], tags[-1] + "z"])

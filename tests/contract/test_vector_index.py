@@ -35,6 +35,10 @@ def test_read_after_write_search_get_count(vector_index: VectorIndex) -> None:
     got = vector_index.get([22, 999])
     assert set(got) == {22}
     np.testing.assert_allclose(got[22], vecs[1], atol=1e-6)
+    # At the searches' consistency (Session): this client's own writes are seen at once.
+    quick = vector_index.get([22, 999], fresh=False)
+    assert set(quick) == {22}
+    np.testing.assert_allclose(quick[22], vecs[1], atol=1e-6)
     assert sorted(vector_index.ids()) == sorted(ids)
 
 

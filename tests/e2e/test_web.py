@@ -299,7 +299,10 @@ def test_phone_width_and_gallery_pages(
     expect(gallery.first).to_have_attribute("data-meta-uuid", uuids[0])
     expect(page.locator("#page-prev")).to_be_disabled()
     assert no_horizontal_scroll(page)
-    page.click("#page-next")
+    # Page 2 comes by cursor (the id of page 1's last image), not by offset.
+    with page.expect_request(lambda r: "/meta/image?" in r.url) as asked:
+        page.click("#page-next")
+    assert f"before={listed['data'][11]['id']}" in asked.value.url, asked.value.url
     expect(page.locator("#page-label")).to_have_text("Page 2 of 2")
     expect(gallery).to_have_count(total - 12)
     expect(gallery.first).to_have_attribute("data-meta-uuid", uuids[12])

@@ -140,7 +140,10 @@ def wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path, timeout: floa
 
 
 # -- tests ------------------------------------------------------------------------------------
-def test_serve_ignores_a_dead_cluster_and_stops_everything_on_sigterm(workdir: Path) -> None:
+@pytest.mark.parametrize("stop", ["sigterm", "ctrl-c"])
+def test_serve_ignores_a_dead_cluster_and_stops_everything_on_a_signal(
+    workdir: Path, stop: str
+) -> None:
     # What a killed `ray start` leaves behind: the address of a cluster that no longer answers.
     (workdir / "ray").mkdir()
     (workdir / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{free_port()}")
@@ -159,7 +162,10 @@ def test_serve_ignores_a_dead_cluster_and_stops_everything_on_sigterm(workdir: P
         assert (workdir / "ray" / "session_latest").exists()
 
         began = time.monotonic()
-        proc.send_signal(signal.SIGTERM)  # to the service alone, as a service manager does
+        if stop == "sigterm":
+            proc.send_signal(signal.SIGTERM)  # to the service alone, as a service manager does
+        else:
+            os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: its whole process group
         assert proc.wait(timeout=STOP_BOUND_S) == 0, log.read_text()[-3000:]
         took = time.monotonic() - began
         # Processes the service killed may take a moment to be reaped.
@@ -168,7 +174,7 @@ def test_serve_ignores_a_dead_cluster_and_stops_everything_on_sigterm(workdir: P
             time.monotonic() < deadline
         ):
             time.sleep(0.2)
-        assert not left, f"left running after SIGTERM: {names(left)}"
+        assert not left, f"left running after {stop}: {names(left)}"
         assert took < STOP_BOUND_S
         assert not (workdir / ".vectors.db.server.json").exists()
         with pytest.raises(httpx.HTTPError):

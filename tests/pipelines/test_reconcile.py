@@ -144,6 +144,7 @@ def test_reconcile_fix_racing_uploads_and_crashed_writers(data_dir: Path) -> Non
     assert report["ref_drift"][0]["key"]["milvus_id"] == crashed.new.milvus_id
     fixed = reconcile.run(settings, fix=True, grace_s=0)
     assert fixed["fix"]["contents_purged"] == 1
+    assert fixed["fix"]["image_count"] == {"kept": 1, "rows": 1}  # the in-flight upload's row
     assert not st.objects.exists(crashed.new.file_path)
     assert not st.vectors.get([crashed.new.milvus_id])
     assert reconcile.run(settings)["consistent"] is True

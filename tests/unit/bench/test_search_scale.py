@@ -5,6 +5,7 @@ No server and no model: the views are random unit vectors, the metadata store is
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -117,3 +118,21 @@ def test_short_mode_is_small_and_on_the_embedded_store() -> None:
     full = ss.parse_args([])
     assert full.vectors == 1_000_000 and full.store == "both" and full.clients == [1, 16]
     assert full.index_type == "HNSW" and "ef" in full.search_params
+
+
+def test_metadata_scale_runs_and_reports_the_baselines(tmp_path: Path) -> None:
+    """bench.metadata_scale end to end on SQLite, tiny: every query at both sizes, the
+    kept count and the cursor pages beside their baselines (no timing asserted)."""
+    from bench import metadata_scale
+
+    out = tmp_path / "out.json"
+    assert metadata_scale.main(["--rows", "300", "--small-rows", "100", "--store", "lite",
+                                "--out", str(out)]) == 0  # fmt: skip
+    (result,) = json.loads(out.read_text())
+    assert result["store"] == "SQLite" and result["rows"] == 300
+    for size in ("small", "large"):
+        assert {"count", "count rows (COUNT(*))", "page before n/2", "page offset n/2",
+                "get meta_uuid"} <= set(result[size])  # fmt: skip
+        assert all(ms > 0 for ms in result[size].values())
+    lines = metadata_scale.report([result], 100)
+    assert any("count is" in line and "faster than count rows" in line for line in lines)

@@ -47,6 +47,22 @@ def test_upload_then_get_list_count_and_file(client: TestClient) -> None:
     assert thumb.status_code == 200 and thumb.content[:3] == b"\xff\xd8\xff"
 
 
+def test_list_pages_by_cursor(client: TestClient) -> None:
+    for i in range(5):
+        assert upload(client, jpeg(i), meta_uuid=f"p{i}").status_code == 200
+    first = client.get("/meta/image", params={"limit": 2}).json()
+    assert [d["meta_uuid"] for d in first["data"]] == ["p4", "p3"] and first["total"] == 5
+    assert first["next_before"] == first["data"][-1]["id"]
+    pages, cursor = [], first["next_before"]
+    while cursor is not None:
+        body = client.get("/meta/image", params={"limit": 2, "before": cursor}).json()
+        pages.append([d["meta_uuid"] for d in body["data"]])
+        cursor = body["next_before"]
+    assert pages == [["p2", "p1"], ["p0"]]
+    for bad in (0, -1, 2**63, "x"):
+        fails(client.get("/meta/image", params={"before": bad}), 400)
+
+
 def test_same_bytes_or_same_uuid_is_409(client: TestClient) -> None:
     assert upload(client, jpeg(1)).status_code == 200
     body = fails(upload(client, jpeg(1)), 409)  # default meta_uuid: the md5 of the bytes

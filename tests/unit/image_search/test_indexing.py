@@ -307,3 +307,24 @@ def test_index_plans_where_it_writes(svc: IndexService) -> None:
     stored = svc.stores.vectors.get([first.milvus_id])[first.milvus_id]
     assert np.allclose(stored, item(5).vector)
     assert svc.stores.metadata.count() == 2 and leftovers(svc)[1] == 1
+
+
+def test_stored_embedding_reads_fresh_only_when_the_quick_read_misses(
+    svc: IndexService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A search by a stored image reads its vector at the searches' consistency (no wait for
+    the vector server's time tick); a vector that read misses is read again, fresh."""
+    rec = svc.ingest(item(1, "one"))
+    vectors = svc.stores.vectors
+    real_get = vectors.get
+    asked: list[bool] = []
+
+    def lagging_get(ids: Sequence[int], fresh: bool = True) -> dict[int, np.ndarray]:
+        asked.append(fresh)
+        return real_get(ids) if fresh or len(asked) > 2 else {}
+
+    monkeypatch.setattr(vectors, "get", lagging_get)
+    got = svc.stored_embedding("one").vector
+    assert asked == [False, True] and np.allclose(got, real_get([rec.milvus_id])[rec.milvus_id])
+    svc.stored_embedding("one")  # the quick read sees it now: no second read
+    assert asked == [False, True, False]

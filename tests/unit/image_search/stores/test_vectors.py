@@ -68,3 +68,27 @@ def test_search_sends_the_adjusted_ef() -> None:
     (call,) = client.searches
     assert call["limit"] == 300
     assert call["search_params"] == {"metric_type": "L2", "params": {"ef": 300}}
+
+
+def test_a_lite_path_gets_no_keepalive_pings_and_a_server_keeps_them(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Milvus Lite's server answers keepalive pings with GOAWAY "too_many_pings" (every call
+    on the connection then fails, seen in CI); a server keeps gRPC's keepalives. Both get a
+    channel of their own, so a dropped client reconnects on a new transport."""
+    from image_search.config import Settings
+    from image_search.stores import _milvus_options, lite_server
+    from image_search.stores.vectors import NO_KEEPALIVE, OWN_CHANNEL
+
+    def options(uri: str) -> dict[str, Any]:
+        return _milvus_options(Settings.model_validate({"stores": {"vectors_uri": uri}}))
+
+    remote = MilvusVectorIndex(collection="c", dim=4, model_id="m", **options("http://h:1"))
+    assert remote.grpc_options == OWN_CHANNEL
+    # A path: Milvus Lite, served from this machine (its start is not what is tested here).
+    monkeypatch.setattr(lite_server, "ensure_lite_server", lambda path, port: "http://l:2")
+    local = MilvusVectorIndex(collection="c", dim=4, model_id="m",
+                              **options(str(tmp_path / "v.db")))  # fmt: skip
+    assert local.uri == "http://l:2"
+    assert local.grpc_options == {**OWN_CHANNEL, **NO_KEEPALIVE}
+    assert local.grpc_options["grpc.keepalive_permit_without_calls"] == 0

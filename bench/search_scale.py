@@ -444,8 +444,10 @@ class IndexChoice:
         return f"{self.index_type} {text} {self.consistency}"
 
 
-def vector_index(endpoint: str, choice: IndexChoice, timeout_s: float = 5.0) -> Any:
-    """The store layer's MilvusVectorIndex on the configured collection and model."""
+def vector_index(endpoint: str, choice: IndexChoice, timeout_s: float = 5.0,
+                 lite: bool = False) -> Any:  # fmt: skip
+    """The store layer's MilvusVectorIndex on the configured collection and model, opened as
+    the service opens it (no keepalive pings to Milvus Lite: it answers them with GOAWAY)."""
     from image_search.config import load_settings
     from image_search.embedding import model_card
     from image_search.stores.vectors import MilvusVectorIndex
@@ -457,13 +459,13 @@ def vector_index(endpoint: str, choice: IndexChoice, timeout_s: float = 5.0) -> 
         model_id=settings.model.model_id, index_type=choice.index_type,
         index_params=choice.index_params, search_params=choice.search_params,
         consistency_level=st.consistency_level, search_consistency_level=choice.consistency,
-        timeout_s=timeout_s,
+        timeout_s=timeout_s, keepalive=not lite,
     )  # fmt: skip
 
 
 def fill_vectors(stores: Stores, choice: IndexChoice, basis: Basis, n: int) -> dict[str, float]:
     """Upsert n vectors in batches, flush, and wait until the index covers every row."""
-    index = vector_index(stores.endpoint, choice, timeout_s=600)
+    index = vector_index(stores.endpoint, choice, timeout_s=600, lite=stores.kind == "lite")
     began = time.monotonic()
     last_log = began
     for start, x in chunks(basis, n):
@@ -644,7 +646,8 @@ def exact_truth(basis: Basis, n: int, queries: np.ndarray) -> tuple[list[list[in
 
 
 def direct_recall(endpoint: str, choice: IndexChoice, queries: np.ndarray,
-                  truth: list[list[int]], efs: Sequence[int]) -> list[dict[str, Any]]:  # fmt: skip
+                  truth: list[list[int]], efs: Sequence[int],
+                  lite: bool = False) -> list[dict[str, Any]]:  # fmt: skip
     """recall@10 and latency of VectorIndex.search for fresh perturbations not in the index."""
     variants = [choice] + [
         IndexChoice(choice.index_type, choice.index_params, {**choice.search_params, "ef": ef},
@@ -657,7 +660,7 @@ def direct_recall(endpoint: str, choice: IndexChoice, queries: np.ndarray,
                                 choice.search_params, other))  # fmt: skip
     out = []
     for v in variants:
-        index = vector_index(endpoint, v, timeout_s=60)
+        index = vector_index(endpoint, v, timeout_s=60, lite=lite)
         found, lat = [], []
         for vec in queries:
             t = time.perf_counter()
@@ -749,7 +752,8 @@ def run_store(kind: str, args: argparse.Namespace, basis: Basis, workdir: Path) 
             truth, out["exact_numpy_s"] = exact_truth(basis, args.vectors,
                                                       np.concatenate([fresh, stored]))  # fmt: skip
             out["recall_direct"] = direct_recall(stores.endpoint, choice, fresh,
-                                                 truth[: len(fresh)], args.ef_sweep)  # fmt: skip
+                                                 truth[: len(fresh)], args.ef_sweep,
+                                                 lite=stores.kind == "lite")  # fmt: skip
             server = start_service(workdir, stores, choice)
             processes.wait_ready(server, "/readyz", args.ready_timeout)
             indexer = replica_pids(workdir, "Indexer")

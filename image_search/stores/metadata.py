@@ -406,8 +406,7 @@ class SqlMetadataStore:
             batch = self._read(functools.partial(self._untagged_rows, after=after))
             if not batch:
                 if settled is not None and (kept is None or settled > kept.value):
-                    with contextlib.suppress(IntegrityError):  # another replica: either is right
-                        self._write(functools.partial(self._set_tags_checked, upto=settled))
+                    self._raise_tags_checked(settled)
                 return n
             rows = [{"image_id": int(i), "tag": t} for i, js in batch for t in _tag_keys(js)]
             try:
@@ -425,13 +424,22 @@ class SqlMetadataStore:
         found = s.execute(stmt).scalar()
         return None if found is None else int(found)
 
-    @staticmethod
-    def _set_tags_checked(s: Session, upto: int) -> None:
-        row = s.get(RowCounter, TAGS_CHECKED, with_for_update=True)
-        if row is None:
-            s.add(RowCounter(name=TAGS_CHECKED, value=upto))
-        elif upto > row.value:
-            row.value = upto
+    def _raise_tags_checked(self, upto: int) -> None:
+        """Move the watermark up to `upto`. Only a saving: if it fails (another replica wrote
+        it first, a lock), the next start scans a little more, and nothing is wrong."""
+
+        def tx(s: Session) -> None:
+            # A write first (the module's rule), then the insert if there was nothing to raise.
+            raised = s.execute(update(RowCounter)
+                               .where(RowCounter.name == TAGS_CHECKED, RowCounter.value < upto)
+                               .values(value=upto))  # fmt: skip
+            if not _rowcount(raised) and s.get(RowCounter, TAGS_CHECKED) is None:
+                s.add(RowCounter(name=TAGS_CHECKED, value=upto))
+
+        try:
+            self._write(tx)
+        except (IntegrityError, StoreUnavailable) as exc:
+            logger.info("tag watermark not moved (%s); the next start checks those rows", exc)
 
     @staticmethod
     def _untagged_rows(s: Session, after: int) -> list[tuple[int, str]]:

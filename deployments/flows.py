@@ -240,14 +240,11 @@ class IngressFlows:
             data = await self.object_bytes(rec.file_path)
             return await self.search_bytes(data, offset, limit, threshold, tags, "regions")
 
-        async def once() -> list[Hit]:
-            vector = self.indexer.stored_embedding.remote(meta_uuid)
-            hits: list[Hit] = await self.indexer.search.remote(
-                vector, offset, limit, threshold, tags
-            )
-            return hits
-
-        return await riding_out_model_switch(once)
+        # The vector and the index are both the Indexer's: no model switch to ride out.
+        hits: list[Hit] = await self.indexer.search_stored.remote(
+            meta_uuid, offset, limit, threshold, tags
+        )
+        return hits
 
     # -- reads and deletes ----------------------------------------------------------------
     async def file_urls(self, records: Sequence[ImageRecord]) -> dict[str, str | None]:

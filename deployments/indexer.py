@@ -133,12 +133,21 @@ class Indexer:
                                    limit, threshold, tags)  # fmt: skip
         return await self._run(self.svc.search, vector, offset, limit, threshold, tags)
 
+    async def search_stored(
+        self,
+        meta_uuid: str,
+        offset: int,
+        limit: int,
+        threshold: float | None,
+        tags: tuple[str, ...] = (),
+    ) -> list[Hit]:
+        # One call, not stored_embedding then search: each hop through Serve costs the
+        # Ingress and this replica a few ms of CPU (bench.hops), and here it buys nothing.
+        return await self._run(self.svc.search_stored, meta_uuid, offset, limit, threshold, tags)
+
     async def has_regions(self) -> bool:
         """Whether the collection has region vectors (uploads then bring their views)."""
         return await self._run(lambda: self.svc.region_index() is not None)
-
-    async def stored_embedding(self, meta_uuid: str) -> Embedding:
-        return await self._run(self.svc.stored_embedding, meta_uuid)
 
     async def get(self, meta_uuid: str) -> ImageRecord:
         return await self._run(self.svc.get, meta_uuid)

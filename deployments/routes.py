@@ -41,8 +41,9 @@ TagQuery = Annotated[list[str] | None, Query(description=TAG_FILTER)]
 TagForm = Annotated[list[str] | None, Form(description=TAG_FILTER)]
 
 
-def _flows(request: Request) -> IngressFlows:
+async def _flows(request: Request) -> IngressFlows:
     # Set by create_app for the app of one Ingress replica: routes reach the graph through it.
+    # async: FastAPI runs a plain `def` dependency in its thread pool, a hop per request.
     flows: IngressFlows = request.app.state.flows
     return flows
 

@@ -523,6 +523,18 @@ class IndexService:
             raise StoreUnavailable(f"vector of {meta_uuid!r} is missing; run reconcile", "vectors")
         return Embedding(self.stores.vectors.model_id, found[rec.milvus_id])
 
+    def search_stored(
+        self,
+        meta_uuid: str,
+        offset: int,
+        limit: int,
+        threshold: float | None = None,
+        tags: Sequence[str] = (),
+    ) -> list[Hit]:
+        """search() with a stored image's vector: one call where the stores are."""
+        vector = self.stored_embedding(meta_uuid).vector
+        return self.search(vector, offset, limit, threshold, tags)
+
     def search(
         self,
         vector: np.ndarray,
@@ -541,12 +553,20 @@ class IndexService:
         hits = self.stores.vectors.search(vector, min(MAX_TOP_K, want + 16))
         if threshold is not None:
             hits = [h for h in hits if h.distance <= threshold]
-        rows = self.stores.metadata.by_milvus_ids([h.id for h in hits])
+        rows = self._rows_of(hits, want)
         out: list[Hit] = []
         for h in hits:
             for rec in rows.get(h.id, []):
                 out.append(Hit(rec, max(0.0, h.distance)))
         return out[offset:want]
+
+    def _rows_of(self, hits: Sequence[VectorHit], want: int) -> dict[int, list[ImageRecord]]:
+        """The rows of the first hits that make `want` records: those of the first `want`
+        hits, and of the spare ones only when some of those have no row (a rare case)."""
+        rows = self.stores.metadata.by_milvus_ids([h.id for h in hits[:want]])
+        if sum(len(r) for r in rows.values()) < want and len(hits) > want:
+            rows.update(self.stores.metadata.by_milvus_ids([h.id for h in hits[want:]]))
+        return rows
 
     def search_tagged(
         self,

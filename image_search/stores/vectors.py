@@ -230,10 +230,11 @@ class MilvusVectorIndex:
         def run(c: MilvusClient) -> list[VectorHit]:
             res = c.search(
                 self.collection,
-                data=[np.asarray(vector, dtype=np.float32).tolist()],
+                # An array, not a list: pymilvus packs its bytes as they are. No output
+                # fields: the id comes with every hit, and asking for any adds a retrieve.
+                data=[np.asarray(vector, dtype=np.float32)],
                 filter=expr,
                 limit=limit,
-                output_fields=["id"],
                 search_params={"metric_type": "L2", "params": self.search_params_for(limit)},
                 consistency_level=self.search_consistency_level,
                 timeout=self.timeout_s,

@@ -12,6 +12,7 @@ import pytest
 from image_search.errors import Conflict, StoreUnavailable
 from image_search.records import NewImage, milvus_id_for, object_key_for
 from image_search.stores import MetadataStore, open_metadata
+from image_search.stores import metadata as metadata_module
 from image_search.stores.base import LIVE, PURGING, ContentKey, PinLost, TagCount
 from tests.contract.conftest import settings, unique
 from tests.servers import MariaDB
@@ -371,7 +372,7 @@ def test_mysql_schema_types_indexes_and_charset(mariadb: MariaDB) -> None:
 
 @pytest.mark.servers
 def test_mysql_restart_is_survived_by_the_pool(mariadb: MariaDB) -> None:
-    """pool_pre_ping: pooled connections that died with the server are replaced, not used."""
+    """Pooled connections that died with the server are replaced, not used."""
     db = unique("restart_")
     store = open_metadata(settings(metadata_uri=mariadb.create_database(db), connect_timeout_s=2))
     store.create_schema()
@@ -385,6 +386,31 @@ def test_mysql_restart_is_survived_by_the_pool(mariadb: MariaDB) -> None:
         assert store.count() == 1  # the very same store object, no reconnect by hand
         store.add(new_image(2))
         assert store.count() == 2
+    finally:
+        store.engine.dispose()  # type: ignore[attr-defined]
+        mariadb.sql(f"DROP DATABASE `{db}`")
+
+
+@pytest.mark.servers
+def test_idle_connections_are_pinged_busy_ones_fail_once(
+    mariadb: MariaDB, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No ping per query: a connection idle for PING_IDLE_S is pinged, so a restart while the
+    pool sat idle costs no failed read; one in busy use fails one read, then none."""
+    db = unique("ping_")
+    store = open_metadata(settings(metadata_uri=mariadb.create_database(db), connect_timeout_s=2))
+    store.create_schema()
+    try:
+        store.add(new_image(1))
+        last_use = time.monotonic()
+        mariadb.restart()
+        time.sleep(max(0.0, metadata_module.PING_IDLE_S - (time.monotonic() - last_use)))
+        assert store.count() == 1  # pinged, found dead, replaced: no error
+        monkeypatch.setattr(metadata_module, "PING_IDLE_S", 3600.0)  # every use "busy"
+        mariadb.restart()
+        with pytest.raises(StoreUnavailable):
+            store.count()  # the dead connection is used unpinged, once
+        assert store.count() == 1  # the disconnect replaced the pool
     finally:
         store.engine.dispose()  # type: ignore[attr-defined]
         mariadb.sql(f"DROP DATABASE `{db}`")

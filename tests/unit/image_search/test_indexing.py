@@ -16,7 +16,7 @@ from image_search.errors import Conflict, NotFound, StoreUnavailable
 from image_search.imaging import content_info
 from image_search.indexing import IndexService, IngestItem, content_key
 from image_search.planning import PlanItem
-from image_search.records import NewImage, object_key_for, thumbnail_key_for
+from image_search.records import ImageRecord, NewImage, object_key_for, thumbnail_key_for
 from image_search.stores import Stores
 from image_search.stores.metadata import SqlMetadataStore
 from image_search.stores.objects import LocalObjectStore
@@ -166,6 +166,27 @@ def test_orphan_vectors_are_ignored_by_search(svc: IndexService) -> None:
     svc.stores.vectors.upsert([12345], unit(2)[None, :])  # a vector whose row never committed
     hits = svc.search(unit(2), 0, 5)
     assert all(h.record.file_name == "1.png" for h in hits)
+
+
+def test_orphans_among_the_first_hits_are_replaced_by_the_spare_ones(
+    svc: IndexService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows are read for the first `limit` hits only; spare hits fill in for orphans."""
+    for n in range(4):
+        svc.ingest(item(n, f"m{n}"))
+    svc.stores.vectors.upsert([12345], unit(2)[None, :])  # the best hit for unit(2), no row
+    asked: list[int] = []
+    real = svc.stores.metadata.by_milvus_ids
+
+    def counting(ids: Sequence[int], tags: Sequence[str] = ()) -> dict[int, list[ImageRecord]]:
+        asked.append(len(ids))
+        return real(ids, tags)
+
+    monkeypatch.setattr(svc.stores.metadata, "by_milvus_ids", counting)
+    hits = svc.search(unit(2), 0, 2)
+    assert len(hits) == 2 and hits[0].record.meta_uuid == "m2" and asked == [2, 3]
+    asked.clear()
+    assert [h.record.meta_uuid for h in svc.search(unit(3), 0, 1)] == ["m3"] and asked == [1]
 
 
 def test_delete_all(svc: IndexService) -> None:
@@ -328,3 +349,17 @@ def test_stored_embedding_reads_fresh_only_when_the_quick_read_misses(
     assert asked == [False, True] and np.allclose(got, real_get([rec.milvus_id])[rec.milvus_id])
     svc.stored_embedding("one")  # the quick read sees it now: no second read
     assert asked == [False, True, False]
+
+
+def test_search_stored_finds_the_image_first_in_one_call(svc: IndexService) -> None:
+    """The search by a stored image runs where the stores are: its vector, then its hits."""
+    for n in range(4):
+        svc.ingest(item(n, f"m{n}"))
+    hits = svc.search_stored("m2", 0, 3)
+    assert len(hits) == 3 and hits[0].record.meta_uuid == "m2" and hits[0].distance < 1e-6
+    vector = svc.stores.vectors.get([hits[0].record.milvus_id])[hits[0].record.milvus_id]
+    assert [h.record.meta_uuid for h in hits] == [
+        h.record.meta_uuid for h in svc.search(vector, 0, 3)
+    ]
+    with pytest.raises(NotFound):
+        svc.search_stored("nope", 0, 3)

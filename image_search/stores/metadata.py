@@ -115,18 +115,24 @@ def _now() -> datetime:
 
 
 @contextmanager
-def session_for(
-    engine: Engine, store: str, keep: tuple[type[Exception], ...] = ()
-) -> Iterator[Session]:
-    """A session whose database failures become StoreUnavailable naming `store` (a 503);
-    errors in `keep` pass unchanged, for the caller to turn into something else."""
+def database_errors(store: str, keep: tuple[type[Exception], ...] = ()) -> Iterator[None]:
+    """Database failures inside become StoreUnavailable naming `store` (a 503); errors in
+    `keep` pass unchanged, for the caller to turn into something else."""
     try:
-        with Session(engine, expire_on_commit=False) as session:
-            yield session
+        yield
     except keep:
         raise
     except (OperationalError, DBAPIError) as exc:
         raise StoreUnavailable(f"{store} unavailable: {exc.orig or exc}", "metadata") from exc
+
+
+@contextmanager
+def session_for(
+    engine: Engine, store: str, keep: tuple[type[Exception], ...] = ()
+) -> Iterator[Session]:
+    """A session whose database failures are handled as database_errors says."""
+    with database_errors(store, keep), Session(engine, expire_on_commit=False) as session:
+        yield session
 
 
 class Base(DeclarativeBase):
@@ -356,12 +362,8 @@ class SqlMetadataStore:
     def _records(self, stmt: Select[Any]) -> list[ImageRecord]:
         """The records of a select over IMAGE_COLUMNS, on a bare connection: a read that
         builds no ORM objects needs no Session either (its set-up is per call)."""
-        try:
-            with self.engine.connect() as conn:
-                return [_record_of(row) for row in conn.execute(stmt)]
-        except (OperationalError, DBAPIError) as exc:
-            raise StoreUnavailable(f"metadata store unavailable: {exc.orig or exc}",
-                                   "metadata") from exc  # fmt: skip
+        with database_errors("metadata store"), self.engine.connect() as conn:
+            return [_record_of(row) for row in conn.execute(stmt)]
 
     def _write(self, fn: Callable[[Session], T]) -> T:
         """Run fn in one transaction and commit; a deadlock victim (MySQL) is run again."""

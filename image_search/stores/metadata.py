@@ -53,7 +53,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import CursorResult, Dialect, Engine
-from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InvalidatePoolError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.sql import Select
 from sqlalchemy.sql.dml import Insert
@@ -328,18 +328,21 @@ def _ping_when_idle(engine: Engine) -> None:
     connection that dies while in busy use fails its query once (a 503); SQLAlchemy then
     sees the disconnect and replaces every pooled connection older than it."""
 
+    @event.listens_for(engine, "connect")
     @event.listens_for(engine, "checkin")
     def _idle_since(_conn: Any, record: Any) -> None:
-        record.info["idle_since"] = time.monotonic()
+        record.info["idle_since"] = time.monotonic()  # a new connection needs no ping
 
     @event.listens_for(engine, "checkout")
     def _ping_if_idle(conn: Any, record: Any, _proxy: Any) -> None:
         if time.monotonic() - record.info.get("idle_since", 0.0) < PING_IDLE_S:
             return
         try:
-            conn.ping(reconnect=False)
-        except Exception as exc:  # the pool then tries another connection, or a new one
-            raise DisconnectionError(f"pooled connection is dead: {exc}") from exc
+            engine.dialect.do_ping(conn)  # what pool_pre_ping calls: any MySQL driver
+        except engine.dialect.loaded_dbapi.Error as exc:
+            # The server went away: SQLAlchemy retries the checkout on a new connection,
+            # and replaces every older pooled one too, as dead as this one.
+            raise InvalidatePoolError(f"pooled connection is dead: {exc}") from exc
 
 
 class SqlMetadataStore:

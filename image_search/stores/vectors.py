@@ -230,9 +230,9 @@ class MilvusVectorIndex:
         def run(c: MilvusClient) -> list[VectorHit]:
             res = c.search(
                 self.collection,
-                # An array, not a list: pymilvus packs its bytes as they are. No output
-                # fields: the id comes with every hit, and asking for any adds a retrieve.
-                data=[np.asarray(vector, dtype=np.float32)],
+                # A list: pymilvus packs a numpy array element by element, slower still.
+                # No output fields: the id comes with every hit.
+                data=[np.asarray(vector, dtype=np.float32).tolist()],
                 filter=expr,
                 limit=limit,
                 search_params={"metric_type": "L2", "params": self.search_params_for(limit)},

@@ -141,7 +141,7 @@ class Indexer:
         threshold: float | None,
         tags: tuple[str, ...] = (),
     ) -> list[Hit]:
-        # One call, not stored_embedding then search: each hop through Serve costs the
+        # One call, not the stored vector then search: each hop through Serve costs the
         # Ingress and this replica a few ms of CPU (bench.hops), and here it buys nothing.
         return await self._run(self.svc.search_stored, meta_uuid, offset, limit, threshold, tags)
 

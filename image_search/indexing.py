@@ -510,7 +510,7 @@ class IndexService:
         """Rows (with `tags`: those carrying all of them) and the whole index's vectors."""
         return self.stores.metadata.count(tags), self.stores.vectors.count()
 
-    def stored_embedding(self, meta_uuid: str) -> Embedding:
+    def stored_vector(self, meta_uuid: str) -> np.ndarray:
         """The vector an image is indexed by, for a search with a stored image."""
         rec = self.get(meta_uuid)
         # At the searches' consistency first: a committed row's vector was written before
@@ -521,7 +521,7 @@ class IndexService:
             found = self.stores.vectors.get([rec.milvus_id])
         if rec.milvus_id not in found:
             raise StoreUnavailable(f"vector of {meta_uuid!r} is missing; run reconcile", "vectors")
-        return Embedding(self.stores.vectors.model_id, found[rec.milvus_id])
+        return found[rec.milvus_id]
 
     def search_stored(
         self,
@@ -532,8 +532,7 @@ class IndexService:
         tags: Sequence[str] = (),
     ) -> list[Hit]:
         """search() with a stored image's vector: one call where the stores are."""
-        vector = self.stored_embedding(meta_uuid).vector
-        return self.search(vector, offset, limit, threshold, tags)
+        return self.search(self.stored_vector(meta_uuid), offset, limit, threshold, tags)
 
     def search(
         self,

@@ -330,7 +330,7 @@ def test_index_plans_where_it_writes(svc: IndexService) -> None:
     assert svc.stores.metadata.count() == 2 and leftovers(svc)[1] == 1
 
 
-def test_stored_embedding_reads_fresh_only_when_the_quick_read_misses(
+def test_stored_vector_reads_fresh_only_when_the_quick_read_misses(
     svc: IndexService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A search by a stored image reads its vector at the searches' consistency (no wait for
@@ -345,9 +345,9 @@ def test_stored_embedding_reads_fresh_only_when_the_quick_read_misses(
         return real_get(ids) if fresh or len(asked) > 2 else {}
 
     monkeypatch.setattr(vectors, "get", lagging_get)
-    got = svc.stored_embedding("one").vector
+    got = svc.stored_vector("one")
     assert asked == [False, True] and np.allclose(got, real_get([rec.milvus_id])[rec.milvus_id])
-    svc.stored_embedding("one")  # the quick read sees it now: no second read
+    svc.stored_vector("one")  # the quick read sees it now: no second read
     assert asked == [False, True, False]
 
 

@@ -16,7 +16,7 @@ from ray import serve
 
 from deployments import metrics
 from image_search.config import settings_from_json
-from image_search.embedding import Embedding, load_embedder
+from image_search.embedding import EmbeddedUpload, Embedding, load_embedder
 from image_search.embedding.feature_maps import RegionEmbedder, load_feature_maps
 from image_search.imaging import DecodedImage
 from image_search.regions import RegionVectors
@@ -72,6 +72,11 @@ class Embedder:
     @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_TIMEOUT_S)
     async def embed(self, images: list[DecodedImage]) -> list[Embedding]:
         return await self._forward(images)
+
+    async def embed_upload(self, image: DecodedImage) -> EmbeddedUpload:
+        """A single upload's vector (batched with the concurrent ones) and the facts of its
+        decode that the Indexer stores: the pixels stop here, they go no further."""
+        return EmbeddedUpload(await self.embed(image), image.facts())
 
     async def embed_many(self, images: list[DecodedImage]) -> list[Embedding]:
         """An explicit batch (batch upload): one forward pass for the whole request."""

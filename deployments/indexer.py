@@ -14,9 +14,9 @@ from ray import serve
 
 from image_search.config import settings_from_json
 from image_search.duplicates import DuplicatePage, DuplicateQuery
-from image_search.embedding import Embedding
+from image_search.embedding import EmbeddedUpload, Embedding
 from image_search.errors import SearchEngineError, StoreUnavailable
-from image_search.imaging import DecodedImage
+from image_search.imaging import DecodedImage, ImageFacts
 from image_search.indexing import Hit, IndexService, IngestItem
 from image_search.planning import Plan, PlanItem
 from image_search.records import ImageRecord, Upload
@@ -57,13 +57,13 @@ class Indexer:
             except SearchEngineError as exc:
                 logger.warning("periodic flush failed: %s", exc.message)
 
-    def _item(self, upload: Upload, data: bytes, decoded: DecodedImage,
+    def _item(self, upload: Upload, data: bytes, facts: ImageFacts,
               embedding: Embedding | None) -> IngestItem:  # fmt: skip
         # A thumbnail of another size (a Decoder on other settings) is not the one we serve.
-        same_size = decoded.thumbnail_size == self.svc.thumbnail_size
+        same_size = facts.thumbnail_size == self.svc.thumbnail_size
         return IngestItem(
-            upload.new_image(decoded.width, decoded.height), data, self._vector(embedding),
-            decoded.thumbnail if same_size else b"",
+            upload.new_image(facts.width, facts.height), data, self._vector(embedding),
+            facts.thumbnail if same_size else b"",
             None if embedding is None else embedding.regions,
         )  # fmt: skip
 
@@ -90,8 +90,7 @@ class Indexer:
         self,
         uploads: list[Upload],
         datas: list[bytes],
-        decoded: list[DecodedImage],
-        embeddings: list[Embedding],
+        embedded: list[EmbeddedUpload],
     ) -> list[ImageRecord | SearchEngineError]:
         """Single uploads, planned and written here in the one call the ingress makes each.
 
@@ -100,9 +99,9 @@ class Indexer:
         own record or error (an error is returned, not raised, so it stays that caller's).
         """
         items = [
-            self._item(u, b, d, e) for u, b, d, e in zip(uploads, datas, decoded, embeddings,
-                                                         strict=True)
-        ]  # fmt: skip
+            self._item(u, b, e.facts, e.embedding)
+            for u, b, e in zip(uploads, datas, embedded, strict=True)
+        ]
         return await self._run(self.svc.index_many, items)
 
     async def ingest_many(
@@ -113,7 +112,7 @@ class Indexer:
         embeddings: Sequence[Embedding | None],
     ) -> list[ImageRecord | SearchEngineError]:
         items = [
-            self._item(u, b, d, e)
+            self._item(u, b, d.facts(), e)
             for u, b, d, e in zip(uploads, datas, decoded, embeddings, strict=True)
         ]
         return await self._run(self.svc.ingest_many, items)

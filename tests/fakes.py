@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from image_search.embedding import Embedding
+from image_search.embedding import EmbeddedUpload, Embedding
 from image_search.imaging import DecodedImage
 from image_search.stores.base import VectorHit
 
@@ -101,6 +101,9 @@ class FakeEmbedder:
 
     def embed(self, image: DecodedImage) -> Embedding:
         return self._one(image)
+
+    def embed_upload(self, image: DecodedImage) -> EmbeddedUpload:
+        return EmbeddedUpload(self._one(image), image.facts())
 
     def embed_many(self, images: list[DecodedImage]) -> list[Embedding]:
         return [self._one(im) for im in images]

@@ -20,7 +20,7 @@ import numpy as np
 from image_search.embedding.runtime import RuntimeChoice
 from image_search.embedding.weights import CONFIG_HINT, fetch_weights
 from image_search.errors import ConfigError, ModelUnavailable
-from image_search.imaging import PreprocessSpec
+from image_search.imaging import ImageFacts, PreprocessSpec
 
 if TYPE_CHECKING:
     from image_search.config import ModelSettings
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ALLOCATOR_ENV",
     "MODELS",
+    "EmbeddedUpload",
     "Embedding",
     "EmbeddingModel",
     "ModelCard",
@@ -60,6 +61,16 @@ class Embedding:
     # Region search's extra vectors (image_search.regions), when the image came with views:
     # a stored image's thumbnail view and regions, or a query's cells.
     regions: RegionVectors | None = None
+
+
+@dataclass(frozen=True)
+class EmbeddedUpload:
+    """A single upload as the Embedder hands it on: its vector and what its record keeps of the
+    decode. The Indexer takes this, not the DecodedImage, so the pixels cross one process
+    boundary (Decoder -> Embedder) and not a second one for the width and height."""
+
+    embedding: Embedding
+    facts: ImageFacts
 
 
 class EmbeddingModel(Protocol):

@@ -19,9 +19,9 @@ def test_a_batch_of_uploads_gets_one_answer_each(service: Service) -> None:
     uuids = ["a", "b", "c", "a"]  # "c" repeats a's bytes; the second "a" is taken by then
     uploads = [Upload(content_info(d), u, f"{u}.jpg") for d, u in zip(datas, uuids, strict=True)]
     decoded = [decoder.decode(d, True) for d in datas]
-    embeddings = [service.embedder.embed(d) for d in decoded]
+    embedded = [service.embedder.embed_upload(d) for d in decoded]
     indexer = service.flows.indexer._target
-    out = asyncio.run(raw(indexer, uploads, datas, decoded, embeddings))
+    out = asyncio.run(raw(indexer, uploads, datas, embedded))
     assert [type(r) for r in out] == [ImageRecord, ImageRecord, ImageRecord, Conflict]
     assert out[0].milvus_id == out[2].milvus_id  # same bytes: one content, one vector
     assert service.svc.counts() == (3, 2)

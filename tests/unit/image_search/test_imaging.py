@@ -172,6 +172,40 @@ def test_thumbnail_is_small_jpeg() -> None:
     assert im.format == "JPEG" and max(im.size) == 256
 
 
+def textured(w: int, h: int) -> Image.Image:
+    rng = np.random.default_rng(w * 7919 + h)
+    base = rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)
+    return Image.fromarray(base).resize((w, h), Image.Resampling.BICUBIC)
+
+
+@pytest.mark.parametrize(("w", "h"), [(1600, 1200), (1200, 1600), (4000, 3000), (300, 256)])
+def test_the_ingest_thumbnail_made_from_the_model_resize_looks_like_the_direct_one(
+    w: int, h: int
+) -> None:
+    data = encode(textured(w, h), "JPEG", quality=90)
+    out = decode(data, SPEC, MAX_PIXELS, thumbnail_size=256)
+    # The model input is exactly what it is without a thumbnail.
+    assert np.array_equal(out.pixels, decode(data, SPEC, MAX_PIXELS).pixels)
+    got = Image.open(io.BytesIO(out.thumbnail))
+    direct = Image.open(io.BytesIO(thumbnail_jpeg(data, 256, MAX_PIXELS)))
+    assert got.format == "JPEG" and got.size == direct.size
+    diff = np.abs(np.asarray(got, dtype=float) - np.asarray(direct, dtype=float))
+    assert diff.mean() < 4.0  # JPEG q82 alone differs by about 2
+
+
+@pytest.mark.parametrize(("w", "h"), [(200, 150), (4000, 200), (2000, 2000)])
+def test_a_small_or_long_picture_or_a_bigger_thumbnail_starts_from_the_decode(
+    w: int, h: int
+) -> None:
+    # Below the model's resize the picture would be scaled up, and beyond 16:1 the resize
+    # keeps only its centre; a 512 px thumbnail is bigger than the resize. The thumbnail
+    # is then made from the decode itself, byte for byte what thumbnail_jpeg makes.
+    size = 512 if w == h else 256
+    data = encode(textured(w, h), "JPEG", quality=90)
+    out = decode(data, SPEC, MAX_PIXELS, thumbnail_size=size)
+    assert out.thumbnail == thumbnail_jpeg(data, size, MAX_PIXELS)
+
+
 # --- HEIC / AVIF -------------------------------------------------------------------------
 
 

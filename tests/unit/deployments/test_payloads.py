@@ -1,0 +1,79 @@
+"""What crosses each hop of an upload: the pixels reach the Embedder only, the bytes the Decoder
+and the Indexer (which stores them), and nothing of either comes back through the Ingress."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections import Counter
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from tests.fakes import FakeHandle
+from tests.unit.deployments.conftest import Service, jpeg
+
+
+def parts(value: Any) -> Iterator[Any]:
+    """`value` and everything inside it: dataclass fields, sequences, dict values."""
+    yield value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            yield from parts(getattr(value, f.name))
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from parts(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from parts(v)
+
+
+class Recording:
+    """Wraps a stand-in handle; counts, per deployment, the calls' arguments as they arrive
+    (resolved, as a replica receives them) and what each call returns."""
+
+    def __init__(self, name: str, inner: FakeHandle, seen: Counter[tuple[str, str]],
+                 data: bytes) -> None:  # fmt: skip
+        self._name, self._inner, self._seen, self._data = name, inner, seen, data
+
+    def __getattr__(self, method: str) -> Any:
+        fn = getattr(self._inner._target, method)
+
+        async def recorded(*args: Any) -> Any:
+            self._note(f"{self._name} in", args)
+            out = fn(*args)
+            if asyncio.iscoroutine(out):
+                out = await out
+            self._note(f"{self._name} out", out)
+            return out
+
+        return getattr(FakeHandle(SimpleNamespace(**{method: recorded})), method)
+
+    def _note(self, where: str, value: Any) -> None:
+        for part in parts(value):
+            if isinstance(part, np.ndarray) and part.dtype == np.uint8 and part.ndim == 3:
+                self._seen[(where, "pixels")] += 1
+            elif isinstance(part, bytes) and part == self._data:
+                self._seen[(where, "bytes")] += 1
+
+
+def test_an_upload_sends_its_pixels_once_and_its_bytes_to_the_two_that_need_them(
+    service: Service,
+) -> None:
+    data = jpeg(7, (640, 480))
+    seen: Counter[tuple[str, str]] = Counter()
+    flows = service.flows
+    for name in ("decoder", "embedder", "indexer"):
+        setattr(flows, name, Recording(name, getattr(flows, name), seen, data))
+    r = service.client.post("/meta/image/file", files={"file": ("a.jpg", data)})
+    assert r.status_code == 200, r.text
+    assert r.json()["data"]["width"] == 640  # the size still reaches the record
+    pixels = {k: n for (k, what), n in seen.items() if what == "pixels"}
+    # Out of the Decoder once, into the Embedder once; never into the Indexer.
+    assert pixels == {"decoder out": 1, "embedder in": 1}
+    assert {k: n for (k, what), n in seen.items() if what == "bytes"} == {
+        "decoder in": 1,
+        "indexer in": 1,
+    }

@@ -78,10 +78,6 @@ class Embedder:
         decode that the Indexer stores: the pixels stop here, they go no further."""
         return EmbeddedUpload(await self.embed(image), image.facts())
 
-    async def embed_many(self, images: list[DecodedImage]) -> list[Embedding]:
-        """An explicit batch (batch upload): one forward pass for the whole request."""
-        return await self._forward(images)
-
     def info(self) -> dict[str, Any]:
         """model_id, dim, and the runtime and precision it resolved to, with the reason."""
         return {"model_id": self.model.model_id, "dim": self.model.dim,

@@ -13,8 +13,9 @@ from typing import Any, TypeVar
 
 from image_search.config import Settings
 from image_search.duplicates import DuplicatePage, DuplicateQuery, check_threshold
+from image_search.embedding import EmbeddedUpload, Embedding
 from image_search.errors import BadRequest, Conflict, ModelMismatch, SearchEngineError
-from image_search.imaging import DecodedImage, content_info, sniff
+from image_search.imaging import ImageFacts, content_info, sniff
 from image_search.indexing import Hit
 from image_search.planning import PlanItem
 from image_search.records import ImageRecord, Upload
@@ -127,7 +128,7 @@ class IngressFlows:
         # case -- no longer pays for with a round trip before its decode can start.
         decoded = self.decoder.decode.remote(data, True, await self.collection_has_regions())
         # The pixels go to the Embedder only; the Indexer gets the vector with the decode's
-        # size and thumbnail (an extra pixel hop cost ~4 ms of CPU, bench.hops).
+        # size and thumbnail (150 kB of pixels add 3-4 ms to a hop, bench.hops).
         embedded = self.embedder.embed_upload.remote(decoded)
         rec: ImageRecord | SearchEngineError = await self.indexer.index.remote(
             upload, data, embedded
@@ -137,7 +138,8 @@ class IngressFlows:
         return rec
 
     async def index_many(self, files: Sequence[tuple[bytes, str]]) -> list[Outcome]:
-        """Batch upload: one plan, decodes in parallel, one forward pass, one batched write."""
+        """Batch upload: one plan, then each file decoded and embedded on its own chain
+        (the Embedder batches them), one batched write."""
         results: list[Outcome | None] = [None] * len(files)
         uploads = self._uploads(files, results)
         plans = await self.indexer.plan.remote(
@@ -149,16 +151,11 @@ class IngressFlows:
                 results[i] = Conflict(f"meta_uuid {uploads.pop(i).meta_uuid!r} already exists")
             elif plan.status == "new":
                 new.add(i)
-        decoded = await self._decode_all({i: files[i][0] for i in uploads}, results)
-        todo = [i for i in uploads if i in decoded]
-        to_embed = [i for i in todo if i in new]
-        vectors = await self.embedder.embed_many.remote(
-            [decoded[i] for i in to_embed]
-        ) if to_embed else []  # fmt: skip
-        vector_of = dict(zip(to_embed, vectors, strict=True))
+        made = await self._decode_and_embed({i: files[i][0] for i in uploads}, new, results)
+        todo = [i for i in uploads if i in made]
         written = await self.indexer.ingest_many.remote(
             [uploads[i] for i in todo], [files[i][0] for i in todo],
-            [decoded[i] for i in todo], [vector_of.get(i) for i in todo],
+            [made[i][0] for i in todo], [made[i][1] for i in todo],
         ) if todo else []  # fmt: skip
         for i, res in zip(todo, written, strict=True):
             results[i] = res
@@ -184,21 +181,28 @@ class IngressFlows:
             out[i] = Upload(info, info.md5, name)
         return out
 
-    async def _decode_all(
-        self, datas: dict[int, bytes], results: list[Outcome | None]
-    ) -> dict[int, DecodedImage]:
+    async def _decode_and_embed(
+        self, datas: dict[int, bytes], new: set[int], results: list[Outcome | None]
+    ) -> dict[int, tuple[ImageFacts, Embedding | None]]:
+        """Each file's decode facts, and for new content its vector. As for a single upload,
+        a decode's pixels go to the Embedder and no further: what comes back here is small.
+        Content already indexed needs no vector, so its pixels never leave the Decoder."""
         regions = await self.collection_has_regions()
-        got = await asyncio.gather(
-            *(self.decoder.decode.remote(d, True, regions) for d in datas.values()),
-            return_exceptions=True,
-        )
-        decoded: dict[int, DecodedImage] = {}
-        for i, d in zip(datas, got, strict=True):
-            if isinstance(d, BaseException):
-                results[i] = find_domain_error(d) or SearchEngineError(str(d))
+        calls = [
+            self.embedder.embed_upload.remote(self.decoder.decode.remote(d, True, regions))
+            if i in new else self.decoder.facts.remote(d)
+            for i, d in datas.items()
+        ]  # fmt: skip
+        got = await asyncio.gather(*calls, return_exceptions=True)
+        made: dict[int, tuple[ImageFacts, Embedding | None]] = {}
+        for i, out in zip(datas, got, strict=True):
+            if isinstance(out, BaseException):
+                results[i] = find_domain_error(out) or SearchEngineError(str(out))
+            elif isinstance(out, EmbeddedUpload):
+                made[i] = (out.facts, out.embedding)
             else:
-                decoded[i] = d
-        return decoded
+                made[i] = (out, None)
+        return made
 
     # -- search ---------------------------------------------------------------------------
     async def search_bytes(

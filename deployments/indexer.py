@@ -16,7 +16,7 @@ from image_search.config import settings_from_json
 from image_search.duplicates import DuplicatePage, DuplicateQuery
 from image_search.embedding import EmbeddedUpload, Embedding
 from image_search.errors import SearchEngineError, StoreUnavailable
-from image_search.imaging import DecodedImage, ImageFacts
+from image_search.imaging import ImageFacts
 from image_search.indexing import Hit, IndexService, IngestItem
 from image_search.planning import Plan, PlanItem
 from image_search.records import ImageRecord, Upload
@@ -108,12 +108,13 @@ class Indexer:
         self,
         uploads: Sequence[Upload],
         datas: Sequence[bytes],
-        decoded: Sequence[DecodedImage],
+        facts: Sequence[ImageFacts],
         embeddings: Sequence[Embedding | None],
     ) -> list[ImageRecord | SearchEngineError]:
+        """A batch upload's write; an embedding is None where the content is already indexed."""
         items = [
-            self._item(u, b, d.facts(), e)
-            for u, b, d, e in zip(uploads, datas, decoded, embeddings, strict=True)
+            self._item(u, b, f, e)
+            for u, b, f, e in zip(uploads, datas, facts, embeddings, strict=True)
         ]
         return await self._run(self.svc.ingest_many, items)
 

@@ -105,9 +105,6 @@ class FakeEmbedder:
     def embed_upload(self, image: DecodedImage) -> EmbeddedUpload:
         return EmbeddedUpload(self._one(image), image.facts())
 
-    def embed_many(self, images: list[DecodedImage]) -> list[Embedding]:
-        return [self._one(im) for im in images]
-
     def info(self) -> dict[str, Any]:
         return {"model_id": self.model_id, "dim": DIM}
 

@@ -1,5 +1,6 @@
-"""What crosses each hop of an upload: the pixels reach the Embedder only, the bytes the Decoder
-and the Indexer (which stores them), and nothing of either comes back through the Ingress."""
+"""What crosses each hop of an upload, single or batch: the pixels reach the Embedder only, the
+bytes the Decoder and the Indexer (which stores them), and nothing of either comes back through
+the Ingress."""
 
 from __future__ import annotations
 
@@ -35,8 +36,8 @@ class Recording:
     (resolved, as a replica receives them) and what each call returns."""
 
     def __init__(self, name: str, inner: FakeHandle, seen: Counter[tuple[str, str]],
-                 data: bytes) -> None:  # fmt: skip
-        self._name, self._inner, self._seen, self._data = name, inner, seen, data
+                 datas: set[bytes]) -> None:  # fmt: skip
+        self._name, self._inner, self._seen, self._datas = name, inner, seen, datas
 
     def __getattr__(self, method: str) -> Any:
         fn = getattr(self._inner._target, method)
@@ -55,25 +56,50 @@ class Recording:
         for part in parts(value):
             if isinstance(part, np.ndarray) and part.dtype == np.uint8 and part.ndim == 3:
                 self._seen[(where, "pixels")] += 1
-            elif isinstance(part, bytes) and part == self._data:
+            elif isinstance(part, bytes) and part in self._datas:
                 self._seen[(where, "bytes")] += 1
+
+
+def record(service: Service, datas: set[bytes]) -> Counter[tuple[str, str]]:
+    seen: Counter[tuple[str, str]] = Counter()
+    flows = service.flows
+    for name in ("decoder", "embedder", "indexer"):
+        setattr(flows, name, Recording(name, getattr(flows, name), seen, datas))
+    return seen
+
+
+def crossings(seen: Counter[tuple[str, str]], what: str) -> dict[str, int]:
+    return {where: n for (where, kind), n in seen.items() if kind == what}
 
 
 def test_an_upload_sends_its_pixels_once_and_its_bytes_to_the_two_that_need_them(
     service: Service,
 ) -> None:
     data = jpeg(7, (640, 480))
-    seen: Counter[tuple[str, str]] = Counter()
-    flows = service.flows
-    for name in ("decoder", "embedder", "indexer"):
-        setattr(flows, name, Recording(name, getattr(flows, name), seen, data))
+    seen = record(service, {data})
     r = service.client.post("/meta/image/file", files={"file": ("a.jpg", data)})
     assert r.status_code == 200, r.text
     assert r.json()["data"]["width"] == 640  # the size still reaches the record
-    pixels = {k: n for (k, what), n in seen.items() if what == "pixels"}
     # Out of the Decoder once, into the Embedder once; never into the Indexer.
-    assert pixels == {"decoder out": 1, "embedder in": 1}
-    assert {k: n for (k, what), n in seen.items() if what == "bytes"} == {
-        "decoder in": 1,
-        "indexer in": 1,
-    }
+    assert crossings(seen, "pixels") == {"decoder out": 1, "embedder in": 1}
+    assert crossings(seen, "bytes") == {"decoder in": 1, "indexer in": 1}
+
+
+def test_a_batch_upload_sends_pixels_only_for_new_content_and_never_back(
+    service: Service,
+) -> None:
+    known = jpeg(9, (320, 240))
+    r = service.client.post("/meta/image/file", files={"file": ("k.jpg", known)},
+                            data={"meta_uuid": "kept"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    new = [jpeg(1, (640, 480)), jpeg(2, (480, 640))]
+    seen = record(service, {known, *new})
+    files = [("file", (f"{i}.jpg", d)) for i, d in enumerate([*new, known])]
+    body = service.client.post("/meta/image/files", files=files).json()
+    # The known bytes under their md5: a new record of indexed content, with its own size.
+    assert [(d["status"], d["data"]["width"]) for d in body["data"]] == [
+        (200, 640), (200, 480), (200, 320),
+    ]  # fmt: skip
+    # Two new contents: their pixels go to the Embedder; the known one's stay in the Decoder.
+    assert crossings(seen, "pixels") == {"decoder out": 2, "embedder in": 2}
+    assert crossings(seen, "bytes") == {"decoder in": 3, "indexer in": 3}

@@ -74,7 +74,7 @@ class Embedder:
         return await self._forward(images)
 
     async def embed_upload(self, image: DecodedImage) -> EmbeddedUpload:
-        """A single upload's vector (batched with the concurrent ones) and the facts of its
+        """An uploaded file's vector (batched with the concurrent ones) and the facts of its
         decode that the Indexer stores: the pixels stop here, they go no further."""
         return EmbeddedUpload(await self.embed(image), image.facts())
 

@@ -6,7 +6,7 @@ from ray import serve
 
 from image_search.config import settings_from_json
 from image_search.embedding import model_card
-from image_search.imaging import DecodedImage, ImageFacts, decode
+from image_search.imaging import DecodedImage, ImageFacts, decode, image_facts
 from image_search.regions import index_views, query_views
 
 
@@ -35,4 +35,4 @@ class Decoder:
 
     def facts(self, data: bytes) -> ImageFacts:
         """For content already indexed: its size and thumbnail only; no pixels leave here."""
-        return decode(data, self.spec, self.max_pixels, thumbnail_size=self.thumbnail_size).facts()
+        return image_facts(data, self.max_pixels, self.thumbnail_size)

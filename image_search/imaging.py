@@ -352,9 +352,14 @@ def decode(
     return DecodedImage(_crop(resized, spec), width, height, thumb, thumbnail_size)
 
 
+def image_facts(data: bytes, max_pixels: int, thumbnail_size: int) -> ImageFacts:
+    """The size and the thumbnail only, for content whose vector exists: no model input."""
+    im, (width, height) = open_rgb(data, max_pixels, draft_to=2 * thumbnail_size)
+    return ImageFacts(width, height, _thumbnail(im, thumbnail_size), thumbnail_size)
+
+
 def thumbnail_jpeg(data: bytes, size: int, max_pixels: int) -> bytes:
-    im, _ = open_rgb(data, max_pixels, draft_to=2 * size)
-    return _thumbnail(im, size)
+    return image_facts(data, max_pixels, size).thumbnail
 
 
 def _thumbnail(im: Image.Image, size: int) -> bytes:

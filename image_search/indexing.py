@@ -543,8 +543,8 @@ class IndexService:
         tags: Sequence[str] = (),
     ) -> list[Hit]:
         """Nearest images, ascending squared-L2 distance; rows fetched in one query (two
-        where some of the first hits have no row: _rows_of). With
-        `tags`, only images that carry every one of them (search_tagged)."""
+        where some of the first hits have no row: _rows_of). With `tags`, only images that
+        carry every one of them (search_tagged)."""
         if tags:
             return self.search_tagged(vector, offset, limit, threshold, tags)
         want = offset + limit

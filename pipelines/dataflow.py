@@ -2,26 +2,29 @@
 
 One builder for the backfill (files -> rows) and one for stored content (objects -> vectors
 of another model, or of the current model for rows whose vector is missing), which
-`embed_contents` runs for the re-embed and reconcile jobs. Where the target collection has
-region vectors (image_search.stores.records_regions), every stage also carries region
-search's columns: views from the CPU stage, region vectors from the embedder.
+`embed_contents` runs for the re-embed and reconcile jobs (`embed_in_parts` for a library
+read a part at a time). Where the target collection has region vectors
+(image_search.stores.records_regions), every stage also carries region search's columns:
+views from the CPU stage, region vectors from the embedder.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from image_search.config import Settings, settings_to_json
 from image_search.embedding import ALLOCATOR_ENV
 from image_search.stores import open_regions, open_vectors, records_regions
 from pipelines.batches import Batch, Row, to_rows
-from pipelines.findings import Content
+from pipelines.findings import PART_CONTENTS, Content
 from pipelines.options import PoolOptions
 from pipelines.runtime import capped
 from pipelines.stages import with_retries
 
+logger = logging.getLogger(__name__)
 ROWS_PER_BLOCK = 32
 MAX_BLOCKS = 10_000
 
@@ -152,3 +155,33 @@ def embed_contents(
         with_retries("flush regions", open_regions(model_settings, collection).flush)
     with_retries("flush", open_vectors(model_settings, collection).flush)
     return {"embedded": embedded, "failed": capped(failed), "failed_count": len(failed)}
+
+
+def embed_in_parts(
+    parts: Iterable[list[Content]],
+    model_settings: Settings,
+    collection: str,
+    opts: PoolOptions,
+    run_size: int = PART_CONTENTS,
+) -> dict[str, Any]:
+    """embed_contents over a library read a part at a time, the parts joined into runs of at
+    least `run_size` contents: one Ray Data graph per run (starting the model actors is its
+    fixed cost), one run's contents in memory, not the library's."""
+    total: dict[str, Any] = {"embedded": 0, "failed": [], "failed_count": 0}
+    run: list[Content] = []
+
+    def embed(contents: list[Content]) -> None:
+        logger.info("embedding %d contents into %s", len(contents), collection)
+        result = embed_contents(contents, model_settings, collection, opts)
+        total["embedded"] += result["embedded"]
+        total["failed"] = capped(total["failed"] + result["failed"])
+        total["failed_count"] += result["failed_count"]
+
+    for part in parts:
+        run += part
+        if len(run) >= run_size:
+            embed(run)
+            run = []
+    if run:
+        embed(run)
+    return total

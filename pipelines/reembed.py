@@ -28,15 +28,18 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from itertools import chain
 from typing import Any, get_args
 
 from image_search.config import ModelSettings, Settings
 from image_search.embedding import MODELS
 from image_search.errors import ConfigError
+from image_search.records import id_parts
 from image_search.stores import MetadataStore, open_metadata, open_vectors, records_regions
-from pipelines.dataflow import embed_contents
-from pipelines.findings import Content
+from pipelines.dataflow import embed_in_parts
+from pipelines.findings import PART_CONTENTS, Content, part_digits
 from pipelines.options import PoolOptions, add_pool_arguments, pool_options_from_args
 from pipelines.runtime import (
     add_common_arguments,
@@ -94,14 +97,25 @@ def contents_since(metadata: MetadataStore, since: datetime) -> list[Content]:
         offset += PAGE
 
 
-def missing_in(new: Settings, metadata: MetadataStore) -> list[Content]:
+def missing_in(
+    new: Settings, metadata: MetadataStore, part_contents: int = PART_CONTENTS
+) -> Iterator[list[Content]]:
+    """The contents NEW lacks, a part of the id space at a time (pipelines.findings.scan's
+    parts): what is held grows with a part, not with the library. Checks NEW at once."""
     target = open_vectors(new)
     target.ping()  # creates NEW bound to the new model id, or refuses one built by another
     if new.search.regions and not records_regions(target):
         raise ConfigError(f"collection {new.stores.collection!r} exists without region vectors: "
                           "name another --collection for --regions")  # fmt: skip
-    have = set(target.ids())
-    return [Content(s, int(i), p) for s, i, p in metadata.iter_content() if int(i) not in have]
+
+    def parts() -> Iterator[list[Content]]:
+        for part in id_parts(part_digits(metadata.count(), part_contents)):
+            within = (part.lo, part.hi)
+            have = set(target.ids(within))
+            rows = metadata.iter_content(within)
+            yield [Content(s, int(i), p) for s, i, p in rows if int(i) not in have]
+
+    return parts()
 
 
 def run(
@@ -134,18 +148,19 @@ def run(
                "regions": regions},
     }  # fmt: skip
     todo = missing_in(new, metadata)
-    logger.info("re-embedding %d contents into %s with %s", len(todo), new.stores.collection,
-                new.model.model_id)  # fmt: skip
-    report["bulk"] = embed_contents(todo, new, new.stores.collection, opts)
+    logger.info("re-embedding what %s lacks with %s", new.stores.collection, new.model.model_id)
+    report["bulk"] = embed_in_parts(todo, new, new.stores.collection, opts)
     if switch_app:
         from pipelines.switch import switch_app as do_switch
 
         report["switch"] = do_switch(switch_app, settings, new, route_prefix, serve_config)
         late = contents_since(metadata, began_at - CLOCK_SLACK)
         known = {c.sha256 for c in late}
-        late += [c for c in missing_in(new, metadata) if c.sha256 not in known]
         logger.info("catch-up: %d contents written since the bulk pass began", len(late))
-        report["catch_up"] = embed_contents(late, new, new.stores.collection, opts)
+        lacking = ([c for c in part if c.sha256 not in known] for part in missing_in(new, metadata))
+        report["catch_up"] = embed_in_parts(
+            chain([late], lacking), new, new.stores.collection, opts
+        )
     report["config_to_set"] = {
         "model.name": new.model.name,
         "model.runtime": new.model.runtime,

@@ -63,8 +63,9 @@ class MemoryVectorIndex:
     def count(self) -> int:
         return len(self.rows)
 
-    def ids(self) -> Iterator[int]:
-        yield from list(self.rows)
+    def ids(self, within: tuple[int, int] | None = None) -> Iterator[int]:
+        lo, hi = within or (0, 2**63)
+        yield from [i for i in self.rows if lo <= i < hi]
 
     def flush(self) -> None:
         self.flushes += 1

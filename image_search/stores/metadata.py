@@ -72,6 +72,7 @@ from image_search.stores.base import (
     LIVE,
     PURGING,
     ContentKey,
+    IdRange,
     PinLost,
     Purge,
     RefDrift,
@@ -827,12 +828,14 @@ class SqlMetadataStore:
         )
         return self._read(lambda s: [(int(m), int(n)) for m, n in s.execute(stmt)])
 
-    def iter_content(self) -> Iterator[tuple[str, int, str]]:
+    def iter_content(self, within: IdRange | None = None) -> Iterator[tuple[str, int, str]]:
         # Keyset pages on ix_image_milvus_id, one short read each: no transaction held open
         # while the caller works, and one page in memory at a time.
-        after = -(2**63)
+        # Bounds within the signed 64 bits a database's INTEGER takes.
+        lo, hi = within or (-(2**63) + 1, 2**63)
+        after, upto = lo - 1, hi - 1
         while True:
-            page = self._read(functools.partial(_content_page, after=after))
+            page = self._read(functools.partial(_content_page, after=after, upto=upto))
             if not page:
                 return
             yield from page
@@ -909,12 +912,12 @@ class SqlMetadataStore:
         return self._drop_one(s, mid, refs=0, pins=0)
 
 
-def _content_page(s: Session, after: int) -> list[tuple[str, int, str]]:
-    """(sha256, milvus_id, a file_path) of the next CONTENT_PAGE milvus_ids above `after`,
-    milvus_id ascending (a milvus_id has one sha256, except in rows older than the content
-    table: all of its groups come in the same page)."""
-    ids = (select(Image.milvus_id).where(Image.milvus_id > after).group_by(Image.milvus_id)
-           .order_by(Image.milvus_id).limit(CONTENT_PAGE))  # fmt: skip
+def _content_page(s: Session, after: int, upto: int) -> list[tuple[str, int, str]]:
+    """(sha256, milvus_id, a file_path) of the next CONTENT_PAGE milvus_ids above `after` and
+    at most `upto`, milvus_id ascending (a milvus_id has one sha256, except in rows older than
+    the content table: all of its groups come in the same page)."""
+    ids = (select(Image.milvus_id).where(Image.milvus_id > after, Image.milvus_id <= upto)
+           .group_by(Image.milvus_id).order_by(Image.milvus_id).limit(CONTENT_PAGE))  # fmt: skip
     last = s.execute(select(func.max(ids.subquery().c.milvus_id))).scalar()
     if last is None:
         return []

@@ -53,11 +53,12 @@ class LocalObjectStore:
         return self._path(key).is_file()
 
     def keys(self, prefix: str = "") -> Iterator[str]:
-        for path in sorted(self.root.rglob("*")):
-            if path.is_file() and not path.name.startswith(".tmp-"):
-                key = path.relative_to(self.root).as_posix()
-                if key.startswith(prefix):
-                    yield key
+        # Streamed from the directory as the system lists it, in no order: sorting would hold
+        # a folder's names, a million of them in a library's flat meta/image/. Only the folder
+        # the prefix names is walked (reconcile lists a part of the library by sha prefix).
+        folder, _, start = prefix.rpartition("/")
+        base = self._path(folder) if folder else self.root
+        yield from _walk(base, f"{folder}/" if folder else "", start)
 
     def presigned_url(self, key: str) -> str | None:
         return None
@@ -71,3 +72,18 @@ class LocalObjectStore:
     def ping(self) -> None:
         if not self.root.is_dir() or not os.access(self.root, os.W_OK):
             raise StoreUnavailable(f"object directory {self.root} is not writable", "objects")
+
+
+def _walk(path: Path, key_prefix: str, start: str) -> Iterator[str]:
+    """Keys under `path` whose name there begins with `start`, depth first."""
+    try:
+        with os.scandir(path) as it:
+            for entry in it:
+                if not entry.name.startswith(start):
+                    continue
+                if entry.is_dir():
+                    yield from _walk(Path(entry.path), f"{key_prefix}{entry.name}/", "")
+                elif not entry.name.startswith(".tmp-"):
+                    yield key_prefix + entry.name
+    except (FileNotFoundError, NotADirectoryError):
+        return

@@ -204,20 +204,20 @@ class S3ObjectStore:
         return True
 
     def keys(self, prefix: str = "") -> Iterator[str]:
-        full = self.prefix + prefix
-
-        def listing() -> list[str]:
-            objs = self.client.list_objects(self.bucket, prefix=full, recursive=True)
-            return sorted(o.object_name for o in objs if o.object_name and not o.is_dir)
-
-        try:
-            names = self._call("list", listing)
-        except S3Error as exc:
-            if exc.code == "NoSuchBucket":
+        # S3 lists in key order, 1,000 keys a request; streamed, so that a listing of
+        # millions holds one page.
+        listing = self.client.list_objects(self.bucket, prefix=self.prefix + prefix, recursive=True)
+        while True:
+            try:
+                obj = self._call("list", lambda: next(listing, None))
+            except S3Error as exc:
+                if exc.code == "NoSuchBucket":
+                    return
+                raise self._unavailable("list", exc) from exc
+            if obj is None:
                 return
-            raise self._unavailable("list", exc) from exc
-        for name in names:
-            yield name[len(self.prefix) :]
+            if obj.object_name and not obj.is_dir:
+                yield obj.object_name[len(self.prefix) :]
 
     def presigned_url(self, key: str) -> str | None:
         if self.presign_seconds is None:

@@ -18,7 +18,7 @@ from pymilvus.exceptions import MilvusException
 
 from image_search.embedding.runtime import same_model
 from image_search.errors import ConfigError, StoreUnavailable
-from image_search.stores.base import RegionHit, VectorHit
+from image_search.stores.base import IdRange, RegionHit, VectorHit
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -323,8 +323,8 @@ class MilvusVectorIndex:
 
         return self._call("count", run)
 
-    def ids(self) -> Iterator[int]:
-        yield from self._scan("ids", "id")
+    def ids(self, within: IdRange | None = None) -> Iterator[int]:
+        yield from self._scan("ids", "id", _in_range("id", within))
 
     def _scan(self, what: str, field: str, expr: str = "") -> list[int]:
         """Every row's integer `field` (matching `expr`), read in pages by a query iterator."""
@@ -462,6 +462,20 @@ class MilvusRegionIndex(MilvusVectorIndex):
         by_id = {region_row_id(o, 0): int(o) for o in owners}
         return {by_id[i] for i in self.get(list(by_id))}
 
-    def owners(self) -> Iterator[int]:
+    def owners(self, within: IdRange | None = None) -> Iterator[int]:
         """Every image with parts here (reconcile: parts whose image is gone)."""
-        yield from self._scan("owners", "owner", "part == 0")
+        expr = " and ".join(filter(None, ["part == 0", _in_range("owner", within)]))
+        yield from self._scan("owners", "owner", expr)
+
+
+_INT64_MAX = 2**63 - 1
+
+
+def _in_range(field: str, within: IdRange | None) -> str:
+    """A filter for `field` in [lo, hi); none for the whole collection."""
+    if within is None:
+        return ""
+    lo, hi = within
+    if hi > _INT64_MAX:  # the last part: its bound is not an int64 literal Milvus accepts
+        return f"{field} >= {int(lo)}"
+    return f"{field} >= {int(lo)} and {field} < {int(hi)}"

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from image_search.errors import Conflict, StoreUnavailable
-from image_search.records import NewImage, milvus_id_for, object_key_for
+from image_search.records import NewImage, id_parts, milvus_id_for, object_key_for
 from image_search.stores import MetadataStore, open_metadata
 from image_search.stores import metadata as metadata_module
 from image_search.stores.base import LIVE, PURGING, ContentKey, PinLost, TagCount
@@ -135,6 +135,13 @@ def test_iter_content_walks_every_content_in_pages(
              key_of(new_image(c)).file_path) for c in range(5)}  # fmt: skip
     assert len(got) == 5 and set(got) == want
     assert [m for _, m, _ in got] == sorted(m for _, m, _ in got)
+    # A part of the id space at a time (reconcile's parts), in the same pages.
+    parts = [list(md.iter_content((p.lo, p.hi))) for p in id_parts(1)]
+    for part, rows in zip(id_parts(1), parts, strict=True):
+        assert all(part.lo <= m < part.hi for _, m, _ in rows)
+        assert [m for _, m, _ in rows] == sorted(m for _, m, _ in rows)
+    assert sorted(r for rows in parts for r in rows) == sorted(got)
+    assert max(len(rows) for rows in parts) < len(got)
 
 
 def test_shared_content_references_and_delete(metadata_store: MetadataStore) -> None:

@@ -38,8 +38,27 @@ def test_keys_by_prefix(object_store: ObjectStore) -> None:
     assert list(object_store.keys()) == []
     for key in ["meta/image/b.png", "meta/image/a.png", "thumb/256/a.jpg"]:
         object_store.put(key, b"x", "image/png")
-    assert list(object_store.keys()) == ["meta/image/a.png", "meta/image/b.png", "thumb/256/a.jpg"]
+    assert sorted(object_store.keys()) == [
+        "meta/image/a.png",
+        "meta/image/b.png",
+        "thumb/256/a.jpg",
+    ]
     assert list(object_store.keys("thumb/")) == ["thumb/256/a.jpg"]
+
+
+def test_keys_by_a_name_prefix(object_store: ObjectStore) -> None:
+    """Reconcile lists a part of the library by sha prefix: the prefix may end inside a name,
+    and a folder whose name starts with it is listed with all it holds."""
+    for key in ["meta/image/ab1.png", "meta/image/ab2.png", "meta/image/ac.png",
+                "meta/image/ab/deeper.png", "thumb/64/ab.jpg"]:  # fmt: skip
+        object_store.put(key, b"x", "image/png")
+    assert sorted(object_store.keys("meta/image/ab")) == [
+        "meta/image/ab/deeper.png", "meta/image/ab1.png", "meta/image/ab2.png"
+    ]  # fmt: skip
+    assert list(object_store.keys("meta/image/ac")) == ["meta/image/ac.png"]
+    assert list(object_store.keys("meta/image/ad")) == []
+    assert list(object_store.keys("nothing/here/")) == []
+    assert len(list(object_store.keys("meta/"))) == 4
 
 
 def test_ping_and_api_mode_urls(object_store: ObjectStore) -> None:
@@ -65,6 +84,16 @@ def test_s3_presigned_url_and_private_bucket(s3_server: MotoS3) -> None:
         client.get_bucket_policy(bucket)
     stat = client.stat_object(bucket, "meta/image/p.png")
     assert stat.content_type == "image/png"
+
+
+@pytest.mark.servers
+def test_s3_keys_stream_past_one_listing_page(s3_server: MotoS3) -> None:
+    bucket = unique("paged-")
+    store = open_objects(s3_settings(s3_server, bucket))
+    names = [f"meta/image/{n:05d}.png" for n in range(1_050)]  # S3 pages hold 1,000
+    for name in names:
+        store.put(name, b"", "image/png")
+    assert sorted(store.keys("meta/")) == names
 
 
 @pytest.mark.servers

@@ -42,6 +42,16 @@ def test_read_after_write_search_get_count(vector_index: VectorIndex) -> None:
     assert sorted(vector_index.ids()) == sorted(ids)
 
 
+def test_ids_within_a_part(vector_index: VectorIndex) -> None:
+    ids = [0, 5, (1 << 60) - 1, 1 << 60, (1 << 62) + 3, (1 << 63) - 2]
+    vector_index.upsert(ids, unit(len(ids), 4))
+    assert sorted(vector_index.ids((0, 1 << 60))) == [0, 5, (1 << 60) - 1]
+    assert sorted(vector_index.ids((1 << 60, 1 << 62))) == [1 << 60]
+    # The last part's upper bound, 2**63, is past the int64 range a filter may name.
+    assert sorted(vector_index.ids((1 << 62, 1 << 63))) == [(1 << 62) + 3, (1 << 63) - 2]
+    assert sorted(vector_index.ids((3, 4))) == []
+
+
 def test_upsert_same_id_replaces(vector_index: VectorIndex) -> None:
     a, b = unit(2, 2)
     vector_index.upsert([7], a[None])

@@ -79,7 +79,7 @@ def test_stages_write_the_services_region_vectors(
 
     # The re-embed's path: stored contents into a new collection with region vectors.
     new = reembed.target_settings(settings, settings.model.name, "auto", None, regions=True)
-    todo = reembed.missing_in(new, open_metadata(settings))
+    todo = [c for part in reembed.missing_in(new, open_metadata(settings)) for c in part]
     assert len(todo) == IMAGES
     nj = settings_to_json(new)
     contents = [{"sha256": c.sha256, "milvus_id": c.milvus_id, "file_path": c.file_path}
@@ -93,7 +93,7 @@ def test_stages_write_the_services_region_vectors(
     ids = [c.milvus_id for c in todo]
     assert target.owners_with_parts(ids) == set(ids)
     assert set(open_vectors(new).ids()) == set(ids)
-    assert reembed.missing_in(new, open_metadata(settings)) == []
+    assert [c for part in reembed.missing_in(new, open_metadata(settings)) for c in part] == []
 
 
 def test_reembed_refuses_an_existing_collection_without_regions(data_dir: Path) -> None:

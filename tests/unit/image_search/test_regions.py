@@ -191,8 +191,9 @@ class MemoryRegionIndex:
     def owners_with_parts(self, owners: Sequence[int]) -> set[int]:
         return {r[0] for r in self.rows.values()} & set(owners)
 
-    def owners(self) -> Iterator[int]:
-        yield from sorted({r[0] for r in self.rows.values() if r[1] == 0})
+    def owners(self, within: tuple[int, int] | None = None) -> Iterator[int]:
+        lo, hi = within or (0, 2**63)
+        yield from sorted({r[0] for r in self.rows.values() if r[1] == 0 and lo <= r[0] < hi})
 
     def count(self) -> int:
         return len(self.rows)

@@ -4,8 +4,9 @@ Fills SQLite (the embedded default's metadata) with N image rows and their conte
 as bench.search_scale does, a local object folder with each row's object (empty files) and a
 vector id list; plants a few disagreements (rows without a vector or an object, orphan vectors
 and objects); then runs `pipelines.findings.scan` on the same stores two ways:
-- the baseline, one part (`part_contents` above N): how the scan read the library before, every
-  content, vector id and key in memory at once;
+- the baseline, one part (`part_contents` above N): every content and vector id of the
+  library in memory at once, as the scan read them before (it then held every object key
+  too, which this baseline does not: the old scan held more);
 - the default, parts of at most about PART_CONTENTS contents.
 It prints the peak of Python allocations during each scan (tracemalloc), its time, and the
 ratios, and checks that both find the same disagreements.

@@ -102,28 +102,14 @@ def milvus_id_for(sha256_hex: str) -> int:
     return int(sha256_hex[:16], 16) & _INT63
 
 
-@dataclass(frozen=True)
-class IdPart:
-    """A part of the vector id space, [lo, hi), with the sha256 hex prefixes of the contents
-    whose ids fall in it: a store keyed by id and one keyed by sha256 list the same contents."""
-
-    lo: int
-    hi: int
-    sha_prefixes: tuple[str, ...]
-
-
-def id_parts(digits: int) -> list[IdPart]:
-    """The id space cut along `digits` hex digits of sha256: 8 * 16**(digits - 1) parts of equal
-    width, or the whole space for 0. milvus_id_for keeps the top 63 of sha256's first 64 bits,
-    so each part holds two prefixes, the one with the top bit set and the one without."""
-    if digits <= 0:
-        return [IdPart(0, _INT63 + 1, ("",))]
-    n = 16**digits // 2
+def id_parts(digits: int) -> list[tuple[int, int]]:
+    """The vector id space, [0, 2**63): milvus_id_for's ids are never negative, cut along
+    `digits` hex digits of sha256 into 8 * 16**(digits - 1) ranges [lo, hi) of equal width, or
+    one for 0. milvus_id_for keeps the top 63 of sha256's first 64 bits, so each range holds
+    the contents of two prefixes, the one with the top bit set and the one without."""
+    n = 16**digits // 2 if digits > 0 else 1
     width = (_INT63 + 1) // n
-    return [
-        IdPart(i * width, (i + 1) * width, (f"{i:0{digits}x}", f"{i + n:0{digits}x}"))
-        for i in range(n)
-    ]
+    return [(i * width, (i + 1) * width) for i in range(n)]
 
 
 def object_key_for(sha256_hex: str, ext: str) -> str:

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from image_search.indexing import IMAGE_PREFIX, IndexService, sha_of_key
-from image_search.records import IdPart, id_parts, milvus_id_for
+from image_search.records import id_parts, milvus_id_for
 from image_search.stores import MetadataStore, ObjectStore, RegionIndex, Stores
+from image_search.stores.base import IdRange
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,8 @@ class Findings:
     orphan_objects: list[str] = field(default_factory=list)
     # Keys outside the layout this service writes: reported, never deleted.
     foreign_objects: list[str] = field(default_factory=list)
-    # Orphan vector (or region owner) id -> its image objects in the store, to age it by them.
+    # Orphan vector (or region owner) id -> its image objects in the store (referenced or
+    # not), to age it by them.
     image_keys_by_id: dict[int, list[str]] = field(default_factory=dict)
 
     @property
@@ -77,7 +79,7 @@ _LOOKUP = 500
 def part_digits(rows: int, part_contents: int = PART_CONTENTS) -> int:
     """How many hex digits of sha256 cut the library into parts of at most about
     `part_contents` rows (0: one part, the whole library)."""
-    digits = 0
+    digits, part_contents = 0, max(1, part_contents)
     while rows > part_contents * len(id_parts(digits)):
         digits += 1
     return digits
@@ -87,15 +89,23 @@ def scan(stores: Stores, part_contents: int = PART_CONTENTS) -> Findings:
     f = Findings(rows=stores.metadata.count())
     stored = _scan_objects(f, stores.objects, stores.metadata)
     regions = IndexService(stores).region_index()
-    for part in id_parts(part_digits(f.rows, part_contents)):
-        _scan_part(f, stores, regions, part, stored)
-    # An orphan vector's object, if any, is an orphan object too (no row has its content).
-    orphans = {*f.orphan_vectors, *f.orphan_regions}
-    for key in f.orphan_objects:
-        sha = sha_of_key(key)
-        if sha and key.startswith(IMAGE_PREFIX) and milvus_id_for(sha) in orphans:
-            f.image_keys_by_id.setdefault(milvus_id_for(sha), []).append(key)
+    for within in id_parts(part_digits(f.rows, part_contents)):
+        _scan_part(f, stores, regions, within, stored)
+    _keys_of_orphans(f, stores.objects)
     return f
+
+
+def _keys_of_orphans(f: Findings, objs: ObjectStore) -> None:
+    """The image objects of orphan vectors and region owners, to age them by: listed after
+    the vectors were read, as an ingest writes its object before its vector, so that every
+    orphan seen whose ingest is in flight has its object here (reconcile keeps the young)."""
+    orphans = {*f.orphan_vectors, *f.orphan_regions}
+    if not orphans:
+        return
+    for key in objs.keys(IMAGE_PREFIX):
+        sha = sha_of_key(key)
+        if sha and milvus_id_for(sha) in orphans:
+            f.image_keys_by_id.setdefault(milvus_id_for(sha), []).append(key)
 
 
 def key_hash(key: str) -> int:
@@ -141,10 +151,9 @@ def _judge(f: Findings, md: MetadataStore, chunk: list[tuple[str, str]]) -> None
 
 
 def _scan_part(
-    f: Findings, stores: Stores, regions: RegionIndex | None, part: IdPart, stored: np.ndarray
+    f: Findings, stores: Stores, regions: RegionIndex | None, within: IdRange, stored: np.ndarray
 ) -> None:
     md, vecs = stores.metadata, stores.vectors
-    within = (part.lo, part.hi)
     contents = [Content(s, int(m), p) for s, m, p in md.iter_content(within)]
     vector_ids = set(vecs.ids(within))
     f.contents += len(contents)

@@ -109,8 +109,7 @@ def missing_in(
                           "name another --collection for --regions")  # fmt: skip
 
     def parts() -> Iterator[list[Content]]:
-        for part in id_parts(part_digits(metadata.count(), part_contents)):
-            within = (part.lo, part.hi)
+        for within in id_parts(part_digits(metadata.count(), part_contents)):
             have = set(target.ids(within))
             rows = metadata.iter_content(within)
             yield [Content(s, int(i), p) for s, i, p in rows if int(i) not in have]

@@ -55,7 +55,7 @@ class LocalObjectStore:
     def keys(self, prefix: str = "") -> Iterator[str]:
         # Streamed from the directory as the system lists it, in no order: sorting would hold
         # a folder's names, a million of them in a library's flat meta/image/. Only the folder
-        # the prefix names is walked (reconcile lists a part of the library by sha prefix).
+        # the prefix names is walked.
         folder, _, start = prefix.rpartition("/")
         base = self._path(folder) if folder else self.root
         yield from _walk(base, f"{folder}/" if folder else "", start)
@@ -81,9 +81,11 @@ def _walk(path: Path, key_prefix: str, start: str) -> Iterator[str]:
             for entry in it:
                 if not entry.name.startswith(start):
                     continue
-                if entry.is_dir():
+                # Links to folders are not followed (a loop would never end, an alias would
+                # list its keys twice); links to files are keys, as for a read.
+                if entry.is_dir(follow_symlinks=False):
                     yield from _walk(Path(entry.path), f"{key_prefix}{entry.name}/", "")
-                elif not entry.name.startswith(".tmp-"):
+                elif entry.is_file() and not entry.name.startswith(".tmp-"):
                     yield key_prefix + entry.name
     except (FileNotFoundError, NotADirectoryError):
         return

@@ -136,9 +136,9 @@ def test_iter_content_walks_every_content_in_pages(
     assert len(got) == 5 and set(got) == want
     assert [m for _, m, _ in got] == sorted(m for _, m, _ in got)
     # A part of the id space at a time (reconcile's parts), in the same pages.
-    parts = [list(md.iter_content((p.lo, p.hi))) for p in id_parts(1)]
-    for part, rows in zip(id_parts(1), parts, strict=True):
-        assert all(part.lo <= m < part.hi for _, m, _ in rows)
+    parts = [list(md.iter_content(within)) for within in id_parts(1)]
+    for (lo, hi), rows in zip(id_parts(1), parts, strict=True):
+        assert all(lo <= m < hi for _, m, _ in rows)
         assert [m for _, m, _ in rows] == sorted(m for _, m, _ in rows)
     assert sorted(r for rows in parts for r in rows) == sorted(got)
     assert max(len(rows) for rows in parts) < len(got)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
 from image_search.errors import NotFound, StoreUnavailable
 from image_search.stores import ObjectStore, open_objects
-from tests.contract.conftest import s3_settings, unique
+from tests.contract.conftest import s3_settings, settings, unique
 from tests.servers import MotoS3
 
 ALL_BYTES = bytes(range(256)) * 64
@@ -47,8 +49,8 @@ def test_keys_by_prefix(object_store: ObjectStore) -> None:
 
 
 def test_keys_by_a_name_prefix(object_store: ObjectStore) -> None:
-    """Reconcile lists a part of the library by sha prefix: the prefix may end inside a name,
-    and a folder whose name starts with it is listed with all it holds."""
+    """A prefix may end inside a name, and a folder whose name starts with it is listed with
+    all it holds."""
     for key in ["meta/image/ab1.png", "meta/image/ab2.png", "meta/image/ac.png",
                 "meta/image/ab/deeper.png", "thumb/64/ab.jpg"]:  # fmt: skip
         object_store.put(key, b"x", "image/png")
@@ -59,6 +61,16 @@ def test_keys_by_a_name_prefix(object_store: ObjectStore) -> None:
     assert list(object_store.keys("meta/image/ad")) == []
     assert list(object_store.keys("nothing/here/")) == []
     assert len(list(object_store.keys("meta/"))) == 4
+
+
+def test_local_keys_do_not_follow_links_to_folders(tmp_path: Path) -> None:
+    store = open_objects(settings(objects_uri=f"file://{tmp_path}/objects"))
+    store.put("meta/image/a.png", b"x", "image/png")
+    root = tmp_path / "objects"
+    (root / "meta" / "loop").symlink_to(root / "meta", target_is_directory=True)  # a cycle
+    (root / "meta" / "image" / "b.png").symlink_to(root / "meta" / "image" / "a.png")
+    os.mkfifo(root / "meta" / "image" / "pipe")  # not a file: never a key
+    assert sorted(store.keys()) == ["meta/image/a.png", "meta/image/b.png"]
 
 
 def test_ping_and_api_mode_urls(object_store: ObjectStore) -> None:

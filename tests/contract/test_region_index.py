@@ -68,6 +68,13 @@ def test_parts_are_found_per_owner_with_their_boxes(region_index: MilvusRegionIn
     }
 
 
+def test_owners_within_a_part(region_index: MilvusRegionIndex) -> None:
+    owners = [3, 1 << 60, (1 << 63) - 2]
+    region_index.upsert_parts(owners, [unit(2, 6)] * 3, [boxes(2)] * 3)
+    assert sorted(region_index.owners((0, 1 << 60))) == [3]
+    assert sorted(region_index.owners((1 << 60, 1 << 63))) == [1 << 60, (1 << 63) - 2]
+
+
 def test_delete_by_owner(region_index: MilvusRegionIndex) -> None:
     region_index.upsert_parts([1, 2], [unit(4, 4), unit(2, 5)], [boxes(4), boxes(2)])
     region_index.delete_owners([1, 12345])  # an owner without parts is a no-op

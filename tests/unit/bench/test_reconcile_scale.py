@@ -29,6 +29,6 @@ def test_main_prints_the_table(caplog: pytest.LogCaptureFixture) -> None:
 def test_id_list_lists_each_part() -> None:
     ids = np.random.default_rng(0).integers(0, 2**63 - 1, size=5_000, dtype=np.int64)
     index = rs.IdList(ids)
-    got = [sorted(index.ids((p.lo, p.hi))) for p in id_parts(2)]
+    got = [sorted(index.ids(within)) for within in id_parts(2)]
     assert sorted(i for part in got for i in part) == sorted(int(i) for i in ids)
     assert sorted(index.ids()) == sorted(int(i) for i in ids)

@@ -127,8 +127,9 @@ def test_no_store_read_covers_the_library_when_cut(stores: Stores) -> None:
     assert all(args for _, args, _ in md.calls + vecs.calls)  # each read names its part
     assert max(n for *_, n in md.calls) < ROWS and max(n for *_, n in vecs.calls) < ROWS
     assert sum(n for *_, n in md.calls) == ROWS  # and together they cover it exactly once
-    # The objects: one streamed pass over all of them, however many parts.
-    assert [args for _, args, _ in objs.calls] == [("",)]
+    # The objects: one streamed pass over all of them, however many parts, and one over the
+    # images once the vectors are read, for the orphans' objects.
+    assert [args for _, args, _ in objs.calls] == [("",), ("meta/image/",)]
 
 
 @pytest.mark.parametrize(
@@ -140,13 +141,14 @@ def test_part_digits(rows: int, digits: int) -> None:
 
 
 @given(st.binary(min_size=1, max_size=64), st.integers(min_value=0, max_value=3))
-def test_each_content_falls_in_one_part_with_its_prefix(data: bytes, digits: int) -> None:
+def test_each_content_falls_in_the_part_of_its_sha_prefix(data: bytes, digits: int) -> None:
     h = hashlib.sha256(data).hexdigest()
     parts = id_parts(digits)
-    (part,) = [p for p in parts if p.lo <= milvus_id_for(h) < p.hi]
-    assert any(h.startswith(prefix) for prefix in part.sha_prefixes)
-    assert parts[0].lo == 0 and parts[-1].hi == 2**63
-    assert all(a.hi == b.lo for a, b in itertools.pairwise(parts))
+    (at,) = [i for i, (lo, hi) in enumerate(parts) if lo <= milvus_id_for(h) < hi]
+    # The part is the prefix's number without its top bit: two prefixes share each part.
+    assert at == (int(h[:digits], 16) % len(parts) if digits else 0)
+    assert parts[0][0] == 0 and parts[-1][1] == 2**63
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(parts))
 
 
 @pytest.fixture
@@ -187,3 +189,25 @@ def test_a_row_stored_outside_the_layout_is_not_lost(stores: Stores) -> None:
     assert legacy.sha256 not in {c.sha256 for c in f.rows_without_object}
     stores.objects.delete(legacy.file_path)
     assert legacy.sha256 in {c.sha256 for c in scan(stores).rows_without_object}
+
+
+def test_an_ingest_landing_mid_scan_keeps_its_vector_young(stores: Stores) -> None:
+    """Its object is written after the first listing, its vector before its part is read: the
+    orphan vector must still be aged by that object, or reconcile would delete it at once."""
+    late = sha("landing")
+    key = object_key_for(late, "jpg")
+    objs = stores.objects
+
+    class Landing:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(objs, name)
+
+        def keys(self, prefix: str = "") -> Iterator[str]:
+            yield from objs.keys(prefix)
+            if prefix == "":  # the ingest writes while the first listing ends
+                objs.put(key, b"x", "image/jpeg")
+                stores.vectors.upsert([milvus_id_for(late)], unit_vector(9)[None])
+
+    f = scan(Stores(stores.metadata, Landing(), stores.vectors), part_contents=5)
+    assert milvus_id_for(late) in f.orphan_vectors
+    assert f.image_keys_by_id[milvus_id_for(late)] == [key]

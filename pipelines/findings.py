@@ -85,11 +85,16 @@ def part_digits(rows: int, part_contents: int = PART_CONTENTS) -> int:
     return digits
 
 
+def library_parts(rows: int, part_contents: int = PART_CONTENTS) -> list[IdRange]:
+    """The id ranges a library of `rows` rows is read in (scan here, re-embed's missing_in)."""
+    return id_parts(part_digits(rows, part_contents))
+
+
 def scan(stores: Stores, part_contents: int = PART_CONTENTS) -> Findings:
     f = Findings(rows=stores.metadata.count())
     stored = _scan_objects(f, stores.objects, stores.metadata)
     regions = IndexService(stores).region_index()
-    for within in id_parts(part_digits(f.rows, part_contents)):
+    for within in library_parts(f.rows, part_contents):
         _scan_part(f, stores, regions, within, stored)
     _keys_of_orphans(f, stores.objects)
     return f

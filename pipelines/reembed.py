@@ -36,10 +36,9 @@ from typing import Any, get_args
 from image_search.config import ModelSettings, Settings
 from image_search.embedding import MODELS
 from image_search.errors import ConfigError
-from image_search.records import id_parts
 from image_search.stores import MetadataStore, open_metadata, open_vectors, records_regions
 from pipelines.dataflow import embed_in_parts
-from pipelines.findings import PART_CONTENTS, Content, part_digits
+from pipelines.findings import PART_CONTENTS, Content, library_parts
 from pipelines.options import PoolOptions, add_pool_arguments, pool_options_from_args
 from pipelines.runtime import (
     add_common_arguments,
@@ -109,7 +108,7 @@ def missing_in(
                           "name another --collection for --regions")  # fmt: skip
 
     def parts() -> Iterator[list[Content]]:
-        for within in id_parts(part_digits(metadata.count(), part_contents)):
+        for within in library_parts(metadata.count(), part_contents):
             have = set(target.ids(within))
             rows = metadata.iter_content(within)
             yield [Content(s, int(i), p) for s, i, p in rows if int(i) not in have]

@@ -218,10 +218,10 @@ class IngressFlows:
         self.check_limit(offset, limit)
         sniff(data)  # a 415/400 right here, without a trip through the graph
         resolved = await self.search_mode(mode)
-        decoded = self.decoder.decode.remote(data, False, resolved == "regions")
 
         async def once() -> list[Hit]:
-            vector = self.embedder.embed.remote(decoded)
+            # Decoded by the Embedder: the query's bytes make one hop, its pixels none.
+            vector = self.embedder.embed_query.remote(data, resolved == "regions")
             hits: list[Hit] = await self.indexer.search.remote(
                 vector, offset, limit, threshold, tags, resolved
             )

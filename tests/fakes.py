@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from image_search.decoding import Decoding
 from image_search.embedding import EmbeddedUpload, Embedding
 from image_search.imaging import DecodedImage
 from image_search.stores.base import VectorHit
@@ -91,6 +92,8 @@ class FakeEmbedder:
         self.model_id = model_id
         self.other_model_calls = other_model_calls
         self.calls = 0
+        # How a query is decoded (embed_query): the service under test sets its own.
+        self.decoding: Decoding | None = None
 
     def _one(self, image: DecodedImage) -> Embedding:
         self.calls += 1
@@ -102,6 +105,10 @@ class FakeEmbedder:
 
     def embed(self, image: DecodedImage) -> Embedding:
         return self._one(image)
+
+    def embed_query(self, data: bytes, regions: bool = False) -> Embedding:
+        assert self.decoding is not None, "the service sets how its queries are decoded"
+        return self._one(self.decoding.decode(data, False, regions))
 
     def embed_upload(self, image: DecodedImage) -> EmbeddedUpload:
         return EmbeddedUpload(self._one(image), image.facts())

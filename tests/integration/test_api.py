@@ -183,16 +183,19 @@ def test_bad_uploads_get_4xx_and_server_stays_up(
     assert client.get("/healthz").status_code == 200
 
 
-def test_truncated_photo_is_400(client: httpx.Client, photos: dict[str, bytes]) -> None:
+# Both routes: an upload is decoded by the Decoder, a query by the Embedder (embed_query).
+@pytest.mark.parametrize("route", ["/meta/image/file", "/sample/file"])
+def test_truncated_photo_is_400(client: httpx.Client, photos: dict[str, bytes], route: str) -> None:
     data = photos["astronaut"]
-    r = client.post("/meta/image/file", files={"file": ("t.jpg", data[: len(data) // 2])})
+    r = client.post(route, files={"file": ("t.jpg", data[: len(data) // 2])})
     assert r.status_code == 400 and "truncated" in r.json()["message"]
 
 
-def test_decompression_bomb_is_413(client: httpx.Client) -> None:
+@pytest.mark.parametrize("route", ["/meta/image/file", "/sample/file"])
+def test_decompression_bomb_is_413(client: httpx.Client, route: str) -> None:
     buf = io.BytesIO()
     Image.new("L", (20000, 20000), 0).save(buf, format="PNG")
-    r = client.post("/meta/image/file", files={"file": ("bomb.png", buf.getvalue())})
+    r = client.post(route, files={"file": ("bomb.png", buf.getvalue())})
     assert r.status_code == 413 and "pixels" in r.json()["message"]
     assert client.get("/healthz").status_code == 200
 

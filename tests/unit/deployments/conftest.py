@@ -17,6 +17,7 @@ from deployments.flows import IngressFlows
 from deployments.indexer import Indexer
 from deployments.ingress import create_app
 from image_search.config import Settings, load_settings, settings_to_json
+from image_search.decoding import Decoding
 from image_search.indexing import IndexService
 from image_search.stores import Stores
 from image_search.stores.metadata import SqlMetadataStore
@@ -67,6 +68,7 @@ class Service:
         self.svc = IndexService(stores, thumbnail_size=self.settings.server.thumbnail_size)
         self.svc.ensure_stores()
         self.embedder = embedder
+        embedder.decoding = Decoding.from_settings(self.settings)
         decoder = Decoder.func_or_class(settings_to_json(self.settings))
         self.flows = IngressFlows(
             FakeHandle(decoder), FakeHandle(embedder), FakeHandle(stand_in_indexer(self.svc)),

@@ -1,6 +1,6 @@
 """What crosses each hop of an upload, single or batch: the pixels reach the Embedder only, the
 bytes the Decoder and the Indexer (which stores them), and nothing of either comes back through
-the Ingress."""
+the Ingress. A search's bytes go to the Embedder alone, and its pixels nowhere."""
 
 from __future__ import annotations
 
@@ -103,3 +103,18 @@ def test_a_batch_upload_sends_pixels_only_for_new_content_and_never_back(
     # Two new contents: their pixels go to the Embedder; the known one's stay in the Decoder.
     assert crossings(seen, "pixels") == {"decoder out": 2, "embedder in": 2}
     assert crossings(seen, "bytes") == {"decoder in": 3, "indexer in": 3}
+
+
+def test_a_search_sends_its_bytes_once_to_the_embedder_and_its_pixels_nowhere(
+    service: Service,
+) -> None:
+    stored = jpeg(5, (640, 480))
+    r = service.client.post("/meta/image/file", files={"file": ("s.jpg", stored)})
+    assert r.status_code == 200, r.text
+    seen = record(service, {stored})
+    r = service.client.post("/sample/file", files={"file": ("q.jpg", stored)})
+    assert r.status_code == 200, r.text
+    assert r.json()["data"][0]["distance"] < 1e-6  # decoded as an upload is: it finds itself
+    # Decoded where the bytes arrive: no trip through the Decoder, no pixels on any hop.
+    assert crossings(seen, "bytes") == {"embedder in": 1}
+    assert crossings(seen, "pixels") == {}

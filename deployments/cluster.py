@@ -15,20 +15,6 @@ from image_search.stores import is_vectors_server
 if TYPE_CHECKING:
     from image_search.config import Settings
 
-# How Serve moves requests, read by every Ray process when it starts (so it must be in the
-# environment of each node's raylet: image-search serve sets it for a local cluster, the
-# KubeRay manifests and docs/multinode.md for others). Each request's calls (proxy -> Ingress
-# -> Decoder, Embedder, Indexer) go over Serve's gRPC transport, by value, instead of as Ray
-# actor tasks with their object-store and ownership bookkeeping. Measured with bench.compare
-# on 2 cores, 1600x1200 photos, two rounds back to back against Ray's default: ingest 12.5/9.6
-# -> 16.3/14.2 img/s at one client and 16.7/13.0 -> 25.9/25.4 at 16; search p50 at one client
-# 61/84 -> 47/50 ms (README). The price: a pending result passed into the next call is fetched
-# by the caller and sent on, so an upload's pixels pass through the Ingress on their way from
-# the Decoder to the Embedder; measured, still faster. (Ray's other "throughput" switches, user
-# code and router on the replica's main loop, added nothing measurable, and the second breaks
-# handles used from synchronous code.)
-SERVE_TRANSPORT_ENV = {"RAY_SERVE_USE_GRPC_BY_DEFAULT": "1"}  # handles, and so the proxy
-
 # A local single-node Ray must stay on loopback: Ray otherwise swaps 127.0.0.1 for the address
 # it finds by probing a public DNS server. With "cluster" mode off (the flag Ray uses on laptops)
 # it binds the node to 127.0.0.1. These are read when ray is imported, so set them first.
@@ -38,7 +24,6 @@ LOCAL_RAY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "deployments.admission.proxy_middlewares",
-    **SERVE_TRANSPORT_ENV,
 }
 
 # Ray's own default. `image-search serve` passes it explicitly: left unset, Ray silently moves

@@ -15,8 +15,9 @@ this module is that design (its "Recommended production design"):
   images (query-adaptive normalisation), a cell match plus CELL_PENALTY, an image scored by
   its best adjusted match.
 
-Everything here is numpy and PIL: the Decoder cuts the views, the Embedder pools them, the
-IndexService merges the hits.
+Everything here is numpy and PIL: the decode cuts the views (image_search.decoding: a stored
+image's in the Decoder, a query's in the Embedder), the Embedder pools them, the IndexService
+merges the hits.
 """
 
 from __future__ import annotations

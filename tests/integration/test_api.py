@@ -319,3 +319,35 @@ def test_tag_filters_on_lists_counts_search_and_tags(
     for name in ("astronaut", "coffee", "chelsea"):
         client.delete(f"/meta/image/tg-{name}")
     assert space not in {t["tag"] for t in client.get("/tags").json()["data"]}
+
+
+def big_png(seed: int) -> bytes:
+    """A valid 1600x1200 PNG of noise, which does not compress: about 5.8 MB, bigger than one
+    message of gRPC's default size (4 MiB), a limit Serve's gRPC transport would put on every
+    call that carries a file (README, "How it works")."""
+    arr = np.random.default_rng(seed).integers(0, 255, (1200, 1600, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def test_files_over_4_mib_cross_every_hop(client: httpx.Client) -> None:
+    """Upload, search, download and a batch with files over 4 MiB: each of these carries the
+    whole file across a Serve call."""
+    one, *two = (big_png(s) for s in (41, 42, 43))
+    assert all(4 * 1024 * 1024 < len(d) < 20 * 1024 * 1024 for d in (one, *two))
+    r = client.post("/meta/image/file", files={"file": ("big.png", one)})
+    assert r.status_code == 200, r.text
+    rec = r.json()["data"]
+    hits = client.post("/sample/file", files={"file": ("q.png", one)}, data={"limit": "1"})
+    assert hits.status_code == 200, hits.text
+    assert hits.json()["data"][0]["meta_uuid"] == rec["meta_uuid"]
+    got = client.get(f"/files/{rec['file_path']}")
+    assert got.status_code == 200 and got.content == one
+    batch = client.post("/meta/image/files",
+                        files=[("file", (f"b{i}.png", d)) for i, d in enumerate(two)])  # fmt: skip
+    assert batch.status_code == 200, batch.text
+    made = batch.json()["data"]
+    assert [d["status"] for d in made] == [200, 200], made
+    for uuid in [rec["meta_uuid"], *(d["data"]["meta_uuid"] for d in made)]:
+        assert client.delete(f"/meta/image/{uuid}").status_code == 200

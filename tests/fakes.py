@@ -103,9 +103,6 @@ class FakeEmbedder:
         model = self.model_id if self.calls > self.other_model_calls else "other:fp32"
         return Embedding(model, v / np.linalg.norm(v))
 
-    def embed(self, image: DecodedImage) -> Embedding:
-        return self._one(image)
-
     def embed_query(self, data: bytes, regions: bool = False) -> Embedding:
         assert self.decoding is not None, "the service sets how its queries are decoded"
         return self._one(self.decoding.decode(data, False, regions))

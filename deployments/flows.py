@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from image_search.config import Settings
 from image_search.duplicates import DuplicatePage, DuplicateQuery, check_threshold
 from image_search.embedding import EmbeddedUpload, Embedding
-from image_search.errors import BadRequest, Conflict, ModelMismatch, SearchEngineError
+from image_search.errors import BadRequest, Conflict, ModelMismatch, Overloaded, SearchEngineError
 from image_search.imaging import ImageFacts, content_info, sniff
 from image_search.indexing import Hit
 from image_search.planning import PlanItem
@@ -64,6 +64,28 @@ async def riding_out_model_switch(call: Callable[[], Awaitable[T]]) -> T:
         await asyncio.sleep(SWITCH_WAIT_S)
 
 
+async def bounded(call: Awaitable[T], timeout_s: float, retry_after_s: int, shield: bool) -> T:
+    """`call`'s answer, or after `timeout_s` a retryable 503.
+
+    A call under way on a replica whose node dies may never answer: tests/multinode caught
+    an upload or search that was running on the lost worker still waiting 60 s later, long
+    after Ray had declared the node dead. The client then gets an answer it can act on
+    rather than the proxy's 408 minutes later. With `shield` (calls that write) the call goes
+    on when the wait ends, whether by the timeout or by the client leaving, so a write under
+    way finishes whole, never cut midway; a retry of the same upload finds it (200 or 409).
+    """
+    task = asyncio.ensure_future(call)
+    try:
+        return await asyncio.wait_for(asyncio.shield(task) if shield else task, timeout_s)
+    except TimeoutError:
+        # Its late outcome is nobody's; take it, so asyncio does not log it as never retrieved.
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        raise Overloaded(
+            f"no answer from the service's workers in {timeout_s:g} s; retry shortly",
+            retry_after_s,
+        ) from None
+
+
 class IngressFlows:
     """Every route's work: checks, then calls down the graph. Shaping is in responses.py."""
 
@@ -75,6 +97,11 @@ class IngressFlows:
         self.settings = settings
         self._has_regions = False
         self._regions_checked = -float("inf")
+
+    def bounded(self, call: Awaitable[T], shield: bool = False) -> Awaitable[T]:
+        """One upload's or search's trip through the graph, bounded (see `bounded`)."""
+        limits = self.settings.limits
+        return bounded(call, limits.graph_timeout_s, limits.retry_after_s, shield)
 
     # -- checks ---------------------------------------------------------------------------
     def check_limit(self, offset: int, limit: int) -> None:
@@ -126,13 +153,19 @@ class IngressFlows:
         # No plan call first: the Indexer plans where it writes. A taken meta_uuid or known
         # content then costs a decode and a forward pass, which a new upload -- the common
         # case -- no longer pays for with a round trip before its decode can start.
-        decoded = self.decoder.decode.remote(data, True, await self.collection_has_regions())
-        # The pixels go to the Embedder only; the Indexer gets the vector with the decode's
-        # size and thumbnail (150 kB of pixels add 3-4 ms to a hop, bench.hops).
-        embedded = self.embedder.embed_upload.remote(decoded)
-        rec: ImageRecord | SearchEngineError = await self.indexer.index.remote(
-            upload, data, embedded
-        )
+
+        async def chain() -> ImageRecord | SearchEngineError:
+            regions = await self.collection_has_regions()
+            decoded = self.decoder.decode.remote(data, True, regions)
+            # The pixels go to the Embedder only; the Indexer gets the vector with the
+            # decode's size and thumbnail (150 kB of pixels add 3-4 ms to a hop, bench.hops).
+            embedded = self.embedder.embed_upload.remote(decoded)
+            out: ImageRecord | SearchEngineError = await self.indexer.index.remote(
+                upload, data, embedded
+            )
+            return out
+
+        rec = await self.bounded(chain(), shield=True)
         if isinstance(rec, SearchEngineError):
             raise rec
         return rec
@@ -222,8 +255,8 @@ class IngressFlows:
         async def once() -> list[Hit]:
             # Decoded by the Embedder: the query's bytes make one hop, its pixels none.
             vector = self.embedder.embed_query.remote(data, resolved == "regions")
-            hits: list[Hit] = await self.indexer.search.remote(
-                vector, offset, limit, threshold, tags, resolved
+            hits: list[Hit] = await self.bounded(
+                self.indexer.search.remote(vector, offset, limit, threshold, tags, resolved)
             )
             return hits
 
@@ -247,8 +280,8 @@ class IngressFlows:
             return await self.search_bytes(data, offset, limit, threshold, tags, "regions")
 
         # The vector and the index are both the Indexer's: no model switch to ride out.
-        hits: list[Hit] = await self.indexer.search_stored.remote(
-            meta_uuid, offset, limit, threshold, tags
+        hits: list[Hit] = await self.bounded(
+            self.indexer.search_stored.remote(meta_uuid, offset, limit, threshold, tags)
         )
         return hits
 

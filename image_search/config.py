@@ -74,6 +74,10 @@ class LimitSettings(_Section):
     # A client that sends no body bytes for this long is cut off (408): slow uploads must not
     # hold an admission slot forever.
     body_idle_timeout_s: float = Field(30.0, gt=0)
+    # One upload's or search's trip through the graph, at most; then 503 + Retry-After. A
+    # call under way on a replica whose node dies may never answer (deployments.flows
+    # .bounded); this is far above any load's latency (p99 1.7 s at 16 clients, README).
+    graph_timeout_s: float = Field(30.0, gt=0)
 
 
 class StoreSettings(_Section):

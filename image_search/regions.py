@@ -7,7 +7,7 @@ this module is that design (its "Recommended production design"):
   96 px, JPEG 75 thumbnail of itself, embedded the engine's way: a small thumbnail query has
   lost the detail the full-size vector is made of) and R-MAC regions of levels 1-2,
   average-pooled from the feature map of one extra pass over the whole image at a short side
-  of 448 px (8-9 regions on a 4:3 to 16:9 photo, at most MAX_REGIONS);
+  of 448 px (8 regions on a 4:3 photo, 10 on 3:2, 11 on 16:9; at most MAX_REGIONS);
 - query side: the global vector plus the query's 2x2 and 3x3 cells (a collage's parts), only
   when a cell keeps MIN_CELL px a side; cut and embedded one by one ("cut"), or pooled from
   one 448 px pass ("pooled", docs: q1);

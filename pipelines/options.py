@@ -30,7 +30,7 @@ class PoolOptions:
 _HELP = {
     "batch_size": "images per forward pass and per store write",
     "embed_actors": "embed actors, each loading the model once (the pool may shrink when starved)",
-    "embed_cpus": "CPUs each embed actor asks Ray for; match model.threads",
+    "embed_cpus": "CPUs each embed actor asks Ray for (its model runs model.threads threads)",
     "decode_cpus": "CPUs per read/hash/decode task",
     "write_actors": "writer actors holding store clients (1-2: writes are cheap next to embedding)",
     "write_cpus": "CPUs per writer actor",

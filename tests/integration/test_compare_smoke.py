@@ -22,6 +22,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 # Measured ~75 s on a 2-core machine (two server start-ups included); room for a loaded one.
 RUN_BOUND_S = 900
+# The processes each phase cannot do without, by the names bench.cpu gives them.
+PHASE_DOERS = {
+    "ours": {"ingest": {"Serve HTTP proxy", "Ingress", "Decoder", "Embedder", "Indexer"},
+             "search": {"Serve HTTP proxy", "Ingress", "Embedder", "Indexer", "Milvus Lite"}},
+    "ref": {"ingest": {"reference server"}, "search": {"reference server"}},
+}  # fmt: skip
 FIGURE = r"\d+(?:\.\d+)? / \d+(?:\.\d+)? \(\d+\.\d\d\)"  # "ours / ref (ratio)"
 
 
@@ -66,4 +72,12 @@ def test_compare_smoke_reports_both_servers_for_every_cell(tmp_path: Path) -> No
             assert got["search_top1_is_query"] == got["search_requests"], where
             for key in ("ingest_img_s", "search_p50_ms", "search_p99_ms"):
                 assert got[key] is not None, where
+            # Where the CPU went: the processes that did the work are found and named.
+            for phase, doers in PHASE_DOERS[server].items():
+                use = got[f"{phase}_cpu"]
+                assert doers <= set(use["by_role_ms"]), (phase, where)
+                assert use["ms_per_request"] > 0 and use["cores"] > 0, (phase, where)
+        for phase in ("ingest", "search"):
+            cpu_line = rf"^\s*{cell['size']}\s+{cell['clients']} {phase}\s+ours \d+ ms/request at"
+            assert re.search(cpu_line, output, re.M), output[-3000:]
     assert results["machine"]["cpu_count"] >= 1

@@ -1,0 +1,115 @@
+"""Where a server's CPU goes during one phase of a benchmark, by process role, from /proc.
+
+A benchmark's throughput says how fast; this says what it is bound by. Two samples of every
+process a server started (its session, or a process naming its private work folder, as
+bench.processes finds them to stop them) and of the benchmark itself (the load generator),
+taken around a phase, give each role's CPU time per request. On a machine whose cores are
+all busy, the roles' shares are the bound: decode and model against hops and stores.
+
+What it does not show: CPU of processes that ended during the phase (a replica scaled down)
+is lost, and time spent waiting (locks, I/O, a queue) is not CPU at all.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+LOAD_GENERATOR = "load generator"
+# The first pattern found in a process's command line names its role; Serve replicas are
+# named by their deployment (`ray::ServeReplica:<app>:<deployment>`).
+ROLES = (
+    ("ray::ProxyActor", "Serve HTTP proxy"),
+    ("ray::ServeController", "Serve controller"),
+    ("/raylet", "raylet"),
+    ("gcs_server", "GCS"),
+    ("milvus_lite", "Milvus Lite"),
+    ("bench.reference_server", "reference server"),
+    ("image-search serve", "image-search serve"),
+)
+
+
+def role(cmdline: str) -> str:
+    if cmdline.startswith("ray::ServeReplica:"):
+        return cmdline.split()[0].rsplit(":", 1)[-1]
+    for pattern, name in ROLES:
+        if pattern in cmdline:
+            return name
+    return "other Ray" if "ray" in cmdline else "other"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """CPU seconds (user + system) of each process, by pid, with its role."""
+
+    cpu_s: dict[int, tuple[str, float]]
+
+
+def _read(pid: int, marker: str) -> tuple[int, str, bool, float] | None:
+    """(session, command line, whether it names `marker`, CPU seconds) of one process; None if
+    it is gone or a zombie."""
+    proc = Path(f"/proc/{pid}")
+    try:
+        # The command name in (...) may hold spaces; the fields after it are fixed.
+        fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        # Ray's workers retitle themselves (`ray::ServeReplica:...`) and may run in a session
+        # of their own; their environment still names the server's folder (RAY_TMPDIR).
+        named = marker in cmdline or marker.encode() in (proc / "environ").read_bytes()
+    except OSError:
+        return None
+    if fields[0] == "Z":
+        return None
+    cpu_s = (int(fields[11]) + int(fields[12])) / TICKS_PER_S
+    return int(fields[3]), cmdline.strip(), named, cpu_s
+
+
+def sample(session: int, marker: str) -> Sample:
+    """The server's processes (session `session`, or naming `marker`, its work folder) and
+    this one, the load generator."""
+    out: dict[int, tuple[str, float]] = {}
+    me = os.getpid()
+    for entry in Path("/proc").glob("[0-9]*"):
+        pid = int(entry.name)
+        got = _read(pid, marker)
+        if got is None:
+            continue
+        sid, cmdline, named, cpu_s = got
+        if pid == me:
+            out[pid] = (LOAD_GENERATOR, cpu_s)
+        elif sid == session or named:
+            out[pid] = (role(cmdline), cpu_s)
+    return Sample(out)
+
+
+def spent(before: Sample, after: Sample, wall_s: float, requests: int) -> dict[str, Any]:
+    """CPU between two samples: in cores (CPU seconds per wall second), and in ms per request,
+    by role, largest first. A process new since `before` counts from zero: a replica started
+    by autoscaling during the phase is part of its cost."""
+    by_role: dict[str, float] = defaultdict(float)
+    for pid, (name, cpu_s) in after.cpu_s.items():
+        was = before.cpu_s.get(pid)
+        by_role[name] += cpu_s - (was[1] if was and was[0] == name else 0.0)
+    total = sum(by_role.values())
+    per = max(requests, 1)
+    return {
+        "cores": total / wall_s if wall_s > 0 else None,
+        "ms_per_request": 1000 * total / per,
+        "by_role_ms": {k: round(1000 * v / per, 1)
+                       for k, v in sorted(by_role.items(), key=lambda kv: -kv[1]) if v > 0},
+    }  # fmt: skip
+
+
+def describe(use: dict[str, Any], top: int = 6) -> str:
+    """`150 ms/request at 1.9 cores: Decoder 42, Ingress 25, ..., the rest 12`."""
+    roles = list(use["by_role_ms"].items())
+    parts = [f"{name} {ms:.0f}" for name, ms in roles[:top]]
+    rest = sum(ms for _, ms in roles[top:])
+    if rest:
+        parts.append(f"the rest {rest:.0f}")
+    cores = "-" if use["cores"] is None else f"{use['cores']:.2f}"
+    return f"{use['ms_per_request']:.0f} ms/request at {cores} cores: " + ", ".join(parts)

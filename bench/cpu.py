@@ -12,6 +12,7 @@ is lost, and time spent waiting (locks, I/O, a queue) is not CPU at all.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import defaultdict
 from dataclasses import dataclass
@@ -57,11 +58,14 @@ def _read(pid: int, marker: str) -> tuple[int, str, bool, float] | None:
         # The command name in (...) may hold spaces; the fields after it are fixed.
         fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
         cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        # Ray's workers retitle themselves (`ray::ServeReplica:...`) and may run in a session
-        # of their own; their environment still names the server's folder (RAY_TMPDIR).
-        named = marker in cmdline or marker.encode() in (proc / "environ").read_bytes()
     except OSError:
         return None
+    # Ray's workers retitle themselves (`ray::ServeReplica:...`) and may run in a session of
+    # their own; their environment still names the server's folder (RAY_TMPDIR).
+    named = marker in cmdline
+    if not named:
+        with contextlib.suppress(OSError):  # another user's process: not ours to read
+            named = marker.encode() in (proc / "environ").read_bytes()
     if fields[0] == "Z":
         return None
     cpu_s = (int(fields[11]) + int(fields[12])) / TICKS_PER_S
@@ -89,11 +93,12 @@ def sample(session: int, marker: str) -> Sample:
 def spent(before: Sample, after: Sample, wall_s: float, requests: int) -> dict[str, Any]:
     """CPU between two samples: in cores (CPU seconds per wall second), and in ms per request,
     by role, largest first. A process new since `before` counts from zero: a replica started
-    by autoscaling during the phase is part of its cost."""
+    by autoscaling during the phase is part of its cost. One that changed role meanwhile (Ray's
+    idle worker that became a replica) is charged to its new role."""
     by_role: dict[str, float] = defaultdict(float)
     for pid, (name, cpu_s) in after.cpu_s.items():
         was = before.cpu_s.get(pid)
-        by_role[name] += cpu_s - (was[1] if was and was[0] == name else 0.0)
+        by_role[name] += cpu_s - (was[1] if was else 0.0)
     total = sum(by_role.values())
     per = max(requests, 1)
     return {

@@ -54,9 +54,10 @@ def test_spent_is_per_request_by_role_largest_first() -> None:
     assert use["cores"] == pytest.approx(5.0 / 2.5)
 
 
-def test_a_reused_pid_of_another_role_counts_from_zero() -> None:
-    before = cpu.Sample({7: ("raylet", 100.0)})
-    after = cpu.Sample({7: ("Embedder", 2.0)})
+def test_a_process_that_changed_role_is_charged_its_new_cpu_to_its_new_role() -> None:
+    # Ray starts idle workers ahead of need; one becomes a replica when Serve places it.
+    before = cpu.Sample({7: ("other Ray", 3.0)})
+    after = cpu.Sample({7: ("Embedder", 5.0)})
     assert cpu.spent(before, after, 1.0, 1)["by_role_ms"] == {"Embedder": 2000.0}
 
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+from bench import processes
+
 LOAD_GENERATOR = "load generator"
 # The first pattern found in a process's command line names its role; Serve replicas are
 # named by their deployment (`ray::ServeReplica:<app>:<deployment>`).
@@ -50,26 +51,14 @@ class Sample:
     cpu_s: dict[int, tuple[str, float]]
 
 
-def _read(pid: int, marker: str) -> tuple[int, str, bool, float] | None:
-    """(session, command line, whether it names `marker`, CPU seconds) of one process; None if
-    it is gone or a zombie."""
-    proc = Path(f"/proc/{pid}")
-    try:
-        # The command name in (...) may hold spaces; the fields after it are fixed.
-        fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-        cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return None
+def _names(pid: int, cmdline: str, marker: str) -> bool:
     # Ray's workers retitle themselves (`ray::ServeReplica:...`) and may run in a session of
     # their own; their environment still names the server's folder (RAY_TMPDIR).
-    named = marker in cmdline
-    if not named:
-        with contextlib.suppress(OSError):  # another user's process: not ours to read
-            named = marker.encode() in (proc / "environ").read_bytes()
-    if fields[0] == "Z":
-        return None
-    cpu_s = (int(fields[11]) + int(fields[12])) / TICKS_PER_S
-    return int(fields[3]), cmdline.strip(), named, cpu_s
+    if marker in cmdline:
+        return True
+    with contextlib.suppress(OSError):  # another user's process: not ours to read
+        return marker.encode() in Path(f"/proc/{pid}/environ").read_bytes()
+    return False
 
 
 def sample(session: int, marker: str) -> Sample:
@@ -77,16 +66,14 @@ def sample(session: int, marker: str) -> Sample:
     this one, the load generator."""
     out: dict[int, tuple[str, float]] = {}
     me = os.getpid()
-    for entry in Path("/proc").glob("[0-9]*"):
-        pid = int(entry.name)
-        got = _read(pid, marker)
-        if got is None:
+    for pid in processes.live_pids():
+        info = processes.proc_info(pid)
+        if info is None:
             continue
-        sid, cmdline, named, cpu_s = got
         if pid == me:
-            out[pid] = (LOAD_GENERATOR, cpu_s)
-        elif sid == session or named:
-            out[pid] = (role(cmdline), cpu_s)
+            out[pid] = (LOAD_GENERATOR, info.cpu_s)
+        elif info.session == session or _names(pid, info.cmdline, marker):
+            out[pid] = (role(info.cmdline), info.cpu_s)
     return Sample(out)
 
 

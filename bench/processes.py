@@ -136,18 +136,42 @@ def stop(server: Server, timeout: float = 60.0) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
+@dataclass(frozen=True)
+class ProcInfo:
+    """What /proc says of one live process."""
+
+    session: int
+    cmdline: str  # its arguments joined by spaces
+    cpu_s: float  # user + system CPU time so far
+
+
+TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def proc_info(pid: int) -> ProcInfo | None:
+    """A process's session, command line and CPU time; None if it is gone or a zombie."""
+    proc = Path(f"/proc/{pid}")
+    try:
+        # The command name in (...) may hold spaces; the fields after it are fixed.
+        fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return None
+    if fields[0] == "Z":
+        return None
+    cpu_s = (int(fields[11]) + int(fields[12])) / TICKS_PER_S
+    return ProcInfo(int(fields[3]), cmdline.strip(), cpu_s)
+
+
+def live_pids() -> list[int]:
+    return [int(entry.name) for entry in Path("/proc").glob("[0-9]*")]
+
+
 def _leftovers(session: int, marker: str) -> set[int]:
     pids = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        pid = int(stat.parent.name)
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if fields[0] == "Z":
-                continue
-            cmdline = (stat.parent / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if int(fields[3]) == session or marker in cmdline:
+    for pid in live_pids():
+        info = proc_info(pid)
+        if info is not None and (info.session == session or marker in info.cmdline):
             pids.add(pid)
     pids.discard(os.getpid())
     return pids

@@ -41,8 +41,9 @@ RUN test -n "$RESNET50_WEIGHTS_SHA256" || { \
  && python -c "import sys; from image_search.embedding.weights import fetch_weights; \
 print(fetch_weights(sys.argv[1], sys.argv[2], '/opt/ise/models', timeout_s=600))" \
       "$RESNET50_WEIGHTS_URL" "$RESNET50_WEIGHTS_SHA256"
-# The ONNX graph the service runs (model.runtime auto -> onnx; resnet50 stays fp32 unless
-# int8 is set and gated), built here because the cache is read-only at runtime.
+# The ONNX fp32 graph the service runs (auto gives resnet50 onnx fp32 until its int8 or bf16
+# is gated; runtime openvino compiles the same file), built here because the cache is
+# read-only at runtime.
 RUN ISE__MODEL__NAME=resnet50 ISE__MODEL__WEIGHTS="$RESNET50_WEIGHTS_URL" \
     ISE__MODEL__WEIGHTS_SHA256="$RESNET50_WEIGHTS_SHA256" ISE__MODEL__CACHE_DIR=/opt/ise/models \
     python -c "from image_search.config import load_settings; \

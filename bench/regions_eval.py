@@ -155,6 +155,11 @@ class Engine:
         self.max_pixels = LimitSettings().max_pixels
         self.normalise = Normaliser(card.mean, card.std)
         self._run = self._onnx_maps(threads) if self.model.choice.runtime == "onnx" else None
+        self._openvino_maps: Callable[[np.ndarray], np.ndarray] | None = None
+        if self.model.choice.runtime == "openvino":
+            from image_search.embedding.feature_maps import load_feature_maps
+
+            self._openvino_maps = load_feature_maps(self.model, cfg.name, threads)
 
     @property
     def model_id(self) -> str:
@@ -185,6 +190,10 @@ class Engine:
 
     def maps(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 (N, H, W, 3) of any H, W -> (the global unit vectors, the (N, C, h, w) maps)."""
+        if self._openvino_maps is not None:
+            # The map the engine's own compiled graph makes; its GeM (p = 3) in numpy.
+            fmap = self._openvino_maps(pixels)
+            return unit(np.cbrt((np.maximum(fmap, 1e-6) ** 3).mean(axis=(2, 3)))), fmap
         x = self.normalise(pixels)
         if self._run is not None:
             feats, fmap = self._run(x)

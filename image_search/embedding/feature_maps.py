@@ -4,7 +4,8 @@ The global vector keeps coming from the model's own graph and session, untouched
 second view of the same weights that also returns the map before global pooling, on inputs of
 any height and width (the whole-image pass is not square). ONNX: the same graph file with that
 tensor added as an output and the spatial input dimensions freed (the graph has no
-shape-dependent op: padding is folded into the convs). Torch: the network's trunk.
+shape-dependent op: padding is folded into the convs). OpenVINO: the embedder's own graph cut
+at that tensor, at its precision (openvino_runtime.py). Torch: the network's trunk.
 """
 
 from __future__ import annotations
@@ -28,7 +29,13 @@ FeatureMaps = Callable[[np.ndarray], np.ndarray]  # uint8 (N,H,W,3) -> float32 (
 def load_feature_maps(model: EmbeddingModel, name: str, threads: int) -> FeatureMaps:
     card = model_card(name)
     normalise = Normaliser(card.mean, card.std)
-    run = _onnx(model, threads) if model.choice.runtime == "onnx" else _torch(model)
+    runtime = model.choice.runtime
+    if runtime == "onnx":
+        run = _onnx(model, threads)
+    elif runtime == "openvino":
+        run = _openvino(model)
+    else:
+        run = _torch(model)
 
     def maps(batch: np.ndarray) -> np.ndarray:
         return run(normalise(batch))
@@ -49,6 +56,31 @@ def _onnx(model: EmbeddingModel, threads: int) -> Callable[[np.ndarray], np.ndar
     return run
 
 
+def _openvino(model: EmbeddingModel) -> Callable[[np.ndarray], np.ndarray]:
+    maps: Callable[[str], Callable[[np.ndarray], np.ndarray]] | None
+    maps = getattr(model, "feature_maps", None)
+    path = getattr(model, "path", None)
+    if maps is None or path is None:
+        raise ConfigError(f"{model.model_id}: no OpenVINO graph to take the feature map from")
+    import onnx
+
+    run: Callable[[np.ndarray], np.ndarray] = maps(
+        gem_map_name(onnx.load(str(path)).graph, model.model_id)
+    )
+    return run
+
+
+def gem_map_name(graph: Any, model_id: str) -> str:
+    """The name of the tensor the ONNX graph's GeM pools (its last ReduceMean's)."""
+    made_by = {out: node for node in graph.node for out in node.output}
+    # GeM is Clip -> Pow -> ReduceMean -> Pow: the map is what the Clip reads.
+    means = [n for n in graph.node if n.op_type == "ReduceMean"]
+    clip = made_by.get(made_by[means[-1].input[0]].input[0]) if means else None
+    if clip is None or clip.op_type != "Clip":
+        raise ConfigError(f"{model_id}: the graph's pooling is not GeM; no region search")
+    return str(clip.input[0])
+
+
 def onnx_feature_map_session(path: Any, threads: int, model_id: str) -> tuple[Any, str, str]:
     """(session, input name, map output name) over the ONNX graph at `path`, whose outputs are
     the graph's own (the global vector) and then the map its GeM pools."""
@@ -57,15 +89,8 @@ def onnx_feature_map_session(path: Any, threads: int, model_id: str) -> tuple[An
 
     proto = onnx.load(str(path))
     graph = proto.graph
-    made_by = {out: node for node in graph.node for out in node.output}
-    # GeM is Clip -> Pow -> ReduceMean -> Pow: the map is what the Clip reads.
-    means = [n for n in graph.node if n.op_type == "ReduceMean"]
-    clip = made_by.get(made_by[means[-1].input[0]].input[0]) if means else None
-    if clip is None or clip.op_type != "Clip":
-        raise ConfigError(f"{model_id}: the graph's pooling is not GeM; no region search")
-    graph.output.append(
-        onnx.helper.make_tensor_value_info(clip.input[0], onnx.TensorProto.FLOAT, None)
-    )
+    map_name = gem_map_name(graph, model_id)
+    graph.output.append(onnx.helper.make_tensor_value_info(map_name, onnx.TensorProto.FLOAT, None))
     dims = graph.input[0].type.tensor_type.shape.dim
     for i, dim_name in ((2, "height"), (3, "width")):
         dims[i].ClearField("dim_value")
@@ -77,7 +102,7 @@ def onnx_feature_map_session(path: Any, threads: int, model_id: str) -> tuple[An
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(proto.SerializeToString(), opts,
                                    providers=["CPUExecutionProvider"])  # fmt: skip
-    return session, session.get_inputs()[0].name, str(clip.input[0])
+    return session, session.get_inputs()[0].name, map_name
 
 
 def _torch(model: EmbeddingModel) -> Callable[[np.ndarray], np.ndarray]:

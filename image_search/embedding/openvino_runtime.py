@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -61,28 +62,50 @@ def split_before_conv(model: ov.Model, index: int) -> tuple[ov.Model, ov.Model]:
     return ov.Model([cut], model.get_parameters(), "head"), rest
 
 
+def tensor(model: ov.Model, name: str) -> ov.Output:
+    """The output, among the model's nodes, that carries the ONNX tensor `name`."""
+    for node in model.get_ordered_ops():
+        for out in node.outputs():
+            if name in out.get_names():
+                return out
+    raise ConfigError(f"the graph has no tensor {name!r}")
+
+
+class _Compiled:
+    """A graph compiled at a precision, cut in two first where fp32_convs > 0, run behind a
+    lock: one infer request per part, reused (a request runs one inference at a time)."""
+
+    def __init__(self, model: ov.Model, threads: int, precision: str, fp32_convs: int) -> None:
+        core = ov.Core()
+        parts: list[tuple[ov.Model, str]] = [(model, precision)]
+        if fp32_convs:
+            head, rest = split_before_conv(model, fp32_convs)
+            parts = [(head, "fp32"), (rest, precision)]
+        compiled = [core.compile_model(m, "CPU", compile_config(threads, p)) for m, p in parts]
+        self._requests = [c.create_infer_request() for c in compiled]
+        self._outputs = [c.output(0) for c in compiled]
+        self._lock = threading.Lock()
+
+    def __call__(self, x: np.ndarray, keep: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """The last part's output through `keep`, which must copy it: the buffer is reused."""
+        with self._lock:
+            for request, output in zip(self._requests, self._outputs, strict=True):
+                # Shared, not copied: the head's output buffer is the rest's input.
+                x = request.infer({0: x}, share_inputs=True, share_outputs=True)[output]
+            return keep(x)
+
+
 class OpenVinoEmbedder:
     """Runs the fp32 ONNX graph (normalised (N,3,H,W) float32 -> (N, dim)) under OpenVINO."""
 
     def __init__(self, path: Path, cfg: ModelSettings, card: ModelCard, choice: RuntimeChoice):
         if choice.precision not in HINTS:  # runtime.check_pair refuses it earlier
             raise ConfigError(f"OpenVINO runs fp32 or bf16, not {choice.precision}")
-        core = ov.Core()
-        model = core.read_model(str(path))
         self.fp32_convs = card.bf16_fp32_convs if choice.precision == "bf16" else 0
-        parts: list[tuple[ov.Model, str]] = [(model, choice.precision)]
-        if self.fp32_convs:
-            head, rest = split_before_conv(model, self.fp32_convs)
-            parts = [(head, "fp32"), (rest, choice.precision)]
-        self._compiled = [
-            core.compile_model(part, "CPU", compile_config(cfg.threads, precision))
-            for part, precision in parts
-        ]
-        # One infer request per part, reused: the Embedder may call from two threads (batch
-        # and region views), and a request runs one inference at a time.
-        self._requests = [c.create_infer_request() for c in self._compiled]
-        self._outputs = [c.output(0) for c in self._compiled]
-        self._lock = threading.Lock()
+        self.threads = cfg.threads
+        # The Embedder may call from two threads (batch and region views): _Compiled locks.
+        self._run = _Compiled(ov.Core().read_model(str(path)), cfg.threads, choice.precision,
+                              self.fp32_convs)  # fmt: skip
         self.path = path
         self.choice = choice
         self.model_id = model_id(card.name, choice)
@@ -94,12 +117,19 @@ class OpenVinoEmbedder:
         x = self._normalise(batch)
         if len(batch) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        with self._lock:
-            for request, output in zip(self._requests, self._outputs, strict=True):
-                # Shared, not copied: the head's output buffer is the rest's input, and
-                # unit_rows makes a new array before any buffer is reused.
-                x = request.infer({0: x}, share_inputs=True, share_outputs=True)[output]
-            return unit_rows(x)
+        return self._run(x, unit_rows)  # unit_rows makes a new array
+
+    def feature_maps(self, map_name: str) -> Callable[[np.ndarray], np.ndarray]:
+        """normalised (N,3,H,W) float32 -> the (N,C,h,w) tensor `map_name` (the map GeM pools,
+        feature_maps.gem_map_name), for inputs of any height and width (region search's
+        whole-image pass), computed as embed() computes: same graph, precision and cut. The
+        graph has no shape-dependent op (padding is folded into the convs), so its spatial
+        dimensions can be freed."""
+        model = ov.Core().read_model(str(self.path))
+        trunk = ov.Model([tensor(model, map_name)], model.get_parameters(), "feature-map")
+        trunk.reshape({0: ov.PartialShape([-1, 3, -1, -1])})
+        run = _Compiled(trunk, self.threads, self.choice.precision, self.fp32_convs)
+        return lambda x: run(x, lambda fmap: np.array(fmap, dtype=np.float32))
 
 
 def load(cfg: ModelSettings, card: ModelCard, choice: RuntimeChoice) -> OpenVinoEmbedder:

@@ -1,5 +1,6 @@
 """The OpenVINO runtime on EfficientNet-Lite0: the cut that keeps its first convolutions in
-fp32, and concurrent calls (the Embedder embeds batches and region views from two threads)."""
+fp32, concurrent calls (the Embedder embeds batches and region views from two threads), and
+the feature map region search pools."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 from image_search.config import ModelSettings
 from image_search.embedding import load_embedder, model_card, runtime
+from image_search.embedding.feature_maps import load_feature_maps
 from image_search.embedding.onnx_runtime import ensure_graph
 from image_search.embedding.openvino_runtime import OpenVinoEmbedder, split_before_conv
 
@@ -90,3 +92,21 @@ def test_concurrent_calls_get_their_own_vectors(settings: ModelSettings) -> None
         t.join(timeout=120)
     for i, expected in enumerate(alone):
         np.testing.assert_allclose(got[i], expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_feature_map_is_the_one_embed_pools(settings: ModelSettings, precision: str) -> None:
+    if precision == "bf16" and not any(f in runtime.cpu_flags() for f in runtime.BF16_FLAGS):
+        pytest.skip("no bf16 instructions: runtime.resolve refuses OpenVINO bf16 here")
+    model = load_embedder(settings.model_copy(update={"precision": precision}))
+    assert isinstance(model, OpenVinoEmbedder)
+    maps = load_feature_maps(model, CARD.name, settings.threads)
+    x = batch(2, seed=3)
+    fmap = maps(x)
+    assert fmap.shape == (2, CARD.dim, 7, 7) and fmap.dtype == np.float32
+    # GeM (p = 3) and L2 over the map give embed()'s vectors: the same graph, precision, cut.
+    pooled = np.cbrt((np.maximum(fmap, 1e-6) ** 3).mean(axis=(2, 3)))
+    pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
+    np.testing.assert_allclose(pooled, model.embed(x), atol=1e-4, rtol=0)
+    # Any height and width: region search's whole-image pass is not square.
+    assert maps(batch(1)[:, :, :160]).shape == (1, CARD.dim, 7, 5)

@@ -37,6 +37,7 @@ from PIL import Image
 
 from bench.evalset import SEED, EvalSet, jpeg, load, open_photo
 from bench.regions_eval import Engine, Views
+from image_search.config import DuplicateSettings
 
 logger = logging.getLogger("bench.thresholds")
 
@@ -322,7 +323,7 @@ def recommend(tuning: dict[float, dict[str, float]], held: dict[float, dict[str,
         ("similar scene", similar_t, f"at most {UNRELATED_RATE:.1%} of unrelated pairs within"),
         ("default duplicate", default_t, f"largest with group pair P >= {TARGET_PRECISION}"),
         ("  on both halves", both_t, "the same, held-out checked too (not independent)"),
-        ("  today's default", 0.5, "duplicates.threshold"),
+        ("  today's default", DuplicateSettings().threshold, "duplicates.threshold"),
     ):
         h = held[t]
         logger.info("  %-17s %.2f  %-44s held-out: same R %.3f, edited within %.3f, similar "

@@ -37,18 +37,12 @@ RECIPE_MODULES = (
 BUILD_PACKAGES = ("torch", "onnx", "onnxruntime")
 
 
-class OnnxEmbedder:
-    """Runs an ONNX graph that maps normalised (N,3,H,W) float32 to (N, dim) descriptors."""
+class GraphEmbedder:
+    """What the embedders over the cached ONNX graph share (ONNX Runtime here, OpenVINO in
+    openvino_runtime.py): the identity, and uint8 pixels in, unit rows out, around the
+    runtime's forward pass (normalised (N,3,H,W) float32 -> unit (N, dim))."""
 
-    def __init__(self, path: Path, cfg: ModelSettings, card: ModelCard, choice: RuntimeChoice):
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = cfg.threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # Idle pool threads would spin for work, taking CPU from the Decoder on the same node.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        self._input = self.session.get_inputs()[0].name
+    def __init__(self, path: Path, card: ModelCard, choice: RuntimeChoice) -> None:
         self.path = path
         self.choice = choice
         self.model_id = model_id(card.name, choice)
@@ -60,6 +54,27 @@ class OnnxEmbedder:
         x = self._normalise(batch)
         if len(batch) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
+        return self._forward(x)
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class OnnxEmbedder(GraphEmbedder):
+    """Runs an ONNX graph that maps normalised (N,3,H,W) float32 to (N, dim) descriptors."""
+
+    def __init__(self, path: Path, cfg: ModelSettings, card: ModelCard, choice: RuntimeChoice):
+        super().__init__(path, card, choice)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = cfg.threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # Idle pool threads would spin for work, taking CPU from the Decoder on the same node.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self._input = self.session.get_inputs()[0].name
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
         (features,) = self.session.run(None, {self._input: x})
         return unit_rows(features)
 

@@ -22,9 +22,9 @@ import openvino as ov
 
 from image_search.config import ModelSettings
 from image_search.embedding import ModelCard
-from image_search.embedding.onnx_runtime import ensure_graph
-from image_search.embedding.pixels import Normaliser, unit_rows
-from image_search.embedding.runtime import RuntimeChoice, model_id
+from image_search.embedding.onnx_runtime import GraphEmbedder, ensure_graph
+from image_search.embedding.pixels import unit_rows
+from image_search.embedding.runtime import RuntimeChoice
 from image_search.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -95,28 +95,20 @@ class _Compiled:
             return keep(x)
 
 
-class OpenVinoEmbedder:
+class OpenVinoEmbedder(GraphEmbedder):
     """Runs the fp32 ONNX graph (normalised (N,3,H,W) float32 -> (N, dim)) under OpenVINO."""
 
     def __init__(self, path: Path, cfg: ModelSettings, card: ModelCard, choice: RuntimeChoice):
         if choice.precision not in HINTS:  # runtime.check_pair refuses it earlier
             raise ConfigError(f"OpenVINO runs fp32 or bf16, not {choice.precision}")
+        super().__init__(path, card, choice)
         self.fp32_convs = card.bf16_fp32_convs if choice.precision == "bf16" else 0
         self.threads = cfg.threads
         # The Embedder may call from two threads (batch and region views): _Compiled locks.
         self._run = _Compiled(ov.Core().read_model(str(path)), cfg.threads, choice.precision,
                               self.fp32_convs)  # fmt: skip
-        self.path = path
-        self.choice = choice
-        self.model_id = model_id(card.name, choice)
-        self.dim = card.dim
-        self.spec = card.spec
-        self._normalise = Normaliser(card.mean, card.std)
 
-    def embed(self, batch: np.ndarray) -> np.ndarray:
-        x = self._normalise(batch)
-        if len(batch) == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
+    def _forward(self, x: np.ndarray) -> np.ndarray:
         return self._run(x, unit_rows)  # unit_rows makes a new array
 
     def feature_maps(self, map_name: str) -> Callable[[np.ndarray], np.ndarray]:

@@ -82,8 +82,8 @@ def check_pair(runtime: str, precision: str) -> None:
     """Refuse pairs no runtime implements (ConfigError names the fix)."""
     if runtime == "onnx" and precision == "bf16":
         raise ConfigError(
-            "model.precision bf16 needs model.runtime torch (or auto): ONNX Runtime has no bf16 "
-            "convolution kernels on x86 CPUs, so it would run slower than fp32"
+            "model.precision bf16 needs model.runtime openvino or torch (or auto): ONNX Runtime "
+            "has no bf16 convolution kernels on x86 CPUs, so it would run slower than fp32"
         )
     if runtime in ("torch", "openvino") and precision == "int8":
         raise ConfigError(

@@ -13,6 +13,7 @@ import importlib.metadata
 import importlib.util
 import json
 import logging
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ RECIPE_MODULES = (
 BUILD_PACKAGES = ("torch", "onnx", "onnxruntime")
 
 
-class GraphEmbedder:
+class GraphEmbedder(ABC):
     """What the embedders over the cached ONNX graph share (ONNX Runtime here, OpenVINO in
     openvino_runtime.py): the identity, and uint8 pixels in, unit rows out, around the
     runtime's forward pass (normalised (N,3,H,W) float32 -> unit (N, dim))."""
@@ -56,8 +57,9 @@ class GraphEmbedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         return self._forward(x)
 
+    @abstractmethod
     def _forward(self, x: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """The runtime's pass: normalised (N,3,H,W) float32, N > 0 -> unit (N, dim) float32."""
 
 
 class OnnxEmbedder(GraphEmbedder):

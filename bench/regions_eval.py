@@ -191,9 +191,9 @@ class Engine:
     def maps(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 (N, H, W, 3) of any H, W -> (the global unit vectors, the (N, C, h, w) maps)."""
         if self._openvino_maps is not None:
-            # The map the engine's own compiled graph makes; its GeM (p = 3) in numpy.
+            # The map the engine's own compiled graph makes, GeM-pooled over the whole of it.
             fmap = self._openvino_maps(pixels)
-            return unit(np.cbrt((np.maximum(fmap, 1e-6) ** 3).mean(axis=(2, 3)))), fmap
+            return np.stack([pool_regions(m, [(0.0, 0.0, 1.0, 1.0)], "gem")[0] for m in fmap]), fmap
         x = self.normalise(pixels)
         if self._run is not None:
             feats, fmap = self._run(x)

@@ -15,6 +15,24 @@ from image_search.stores import is_vectors_server
 if TYPE_CHECKING:
     from image_search.config import Settings
 
+# How Serve moves a request between its processes, read by every Ray process when it starts
+# (so it must be in the environment of each node's raylet: `image-search serve` sets it for a
+# local cluster, the Dockerfile, the KubeRay manifests and docs/multinode.md for the others).
+# The calls go over Serve's gRPC transport, by value, instead of as Ray actor tasks with their
+# object-store and ownership bookkeeping: the transport of Ray's documented high-throughput
+# mode (RAY_SERVE_THROUGHPUT_OPTIMIZED), taken alone. The price: a pending result passed into
+# the next call is fetched by the caller and sent on, so an upload's pixels (150 kB) go from the
+# Decoder to the Embedder through the Ingress. Measured with bench.compare on 2 cores (README,
+# "Serve's transport"): faster at every load all the same, and keeping that one hop on the
+# object store (by-reference calls for it) gave most of the gain back. gRPC caps a message at
+# 4 MiB unless told otherwise, which would fail every photo bigger than that; the cap is
+# raised to gRPC's own ceiling, as Ray's actor calls have none: the body limits
+# (deployments.admission) bound what a request can carry.
+SERVE_TRANSPORT_ENV = {
+    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
+    "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(2**31 - 1),
+}
+
 # A local single-node Ray must stay on loopback: Ray otherwise swaps 127.0.0.1 for the address
 # it finds by probing a public DNS server. With "cluster" mode off (the flag Ray uses on laptops)
 # it binds the node to 127.0.0.1. These are read when ray is imported, so set them first.
@@ -24,6 +42,7 @@ LOCAL_RAY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "deployments.admission.proxy_middlewares",
+    **SERVE_TRANSPORT_ENV,
 }
 
 # Ray's own default. `image-search serve` passes it explicitly: left unset, Ray silently moves

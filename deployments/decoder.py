@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from ray import serve
 
+from deployments.replica_port import listen_on_node_address
 from image_search.config import settings_from_json
 from image_search.decoding import Decoding
 from image_search.imaging import DecodedImage, ImageFacts
@@ -14,6 +15,7 @@ from image_search.imaging import DecodedImage, ImageFacts
 @serve.deployment
 class Decoder:
     def __init__(self, settings_json: str) -> None:
+        listen_on_node_address()
         self.decoding = Decoding.from_settings(settings_from_json(settings_json))
 
     def decode(self, data: bytes, for_index: bool = False, regions: bool = False) -> DecodedImage:

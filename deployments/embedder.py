@@ -16,6 +16,7 @@ import numpy as np
 from ray import serve
 
 from deployments import metrics
+from deployments.replica_port import listen_on_node_address
 from image_search.config import settings_from_json
 from image_search.decoding import Decoding
 from image_search.embedding import EmbeddedUpload, Embedding, load_embedder
@@ -35,6 +36,7 @@ QUERY_DECODE_THREADS = 2
 @serve.deployment
 class Embedder:
     def __init__(self, settings_json: str) -> None:
+        listen_on_node_address()
         settings = settings_from_json(settings_json)
         self.model = load_embedder(settings.model)
         self.model_settings = settings.model

@@ -1,7 +1,8 @@
 """The ingress's flows: each request's path through the graph, over the DeploymentHandles.
 
-A DeploymentResponse is passed straight into the next call (Ray resolves it there), and only the
-last one is awaited, so bytes and pixels do not come back through the ingress between hops.
+A DeploymentResponse is passed straight into the next call and only the last one is awaited:
+no step waits here for a hop it does not need. Over Serve's gRPC transport the Ingress fetches
+each pending result and sends it on (deployments.cluster.SERVE_TRANSPORT_ENV says why).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import numpy as np
 from ray import serve
 
+from deployments.replica_port import listen_on_node_address
 from image_search.config import settings_from_json
 from image_search.duplicates import DuplicatePage, DuplicateQuery
 from image_search.embedding import EmbeddedUpload, Embedding
@@ -32,6 +33,7 @@ INDEX_BATCH = 16
 @serve.deployment
 class Indexer:
     def __init__(self, settings_json: str) -> None:
+        listen_on_node_address()
         self.svc = IndexService.from_settings(settings_from_json(settings_json))
         self._ready = False
         try:

@@ -13,6 +13,7 @@ from deployments.embedder import Embedder
 from deployments.flows import IngressFlows
 from deployments.http_errors import install_error_handling
 from deployments.indexer import Indexer
+from deployments.replica_port import listen_on_node_address
 from deployments.routes import WEB_DIR, router
 from deployments.security import install_security
 from image_search.config import settings_from_json
@@ -47,6 +48,7 @@ class Ingress:
         indexer: DeploymentHandle[Indexer],
         settings_json: str,
     ) -> None:
+        listen_on_node_address()
         self.flows = IngressFlows(decoder, embedder, indexer, settings_from_json(settings_json))
 
     def __serve_build_asgi_app__(self) -> FastAPI:

@@ -19,7 +19,7 @@ import pytest
 from deploy import validate as validate_cli
 from deploy.render import EMBEDDER_RESOURCE
 from deploy.validate import validate_document
-from deployments.cluster import LOCAL_RAY_ENV
+from deployments.cluster import LOCAL_RAY_ENV, SERVE_TRANSPORT_ENV
 from image_search.config import load_settings
 from tests.conftest import ROOT
 from tests.unit.deploy.conftest import (
@@ -169,6 +169,14 @@ def test_proxy_body_limits_are_installed(manifest: dict[str, Any]) -> None:
     assert env[key] == LOCAL_RAY_ENV[key]
     module, _, attr = str(env[key]).rpartition(".")
     assert callable(getattr(importlib.import_module(module), attr))
+
+
+def test_serve_transport_is_that_of_a_local_cluster(manifest: dict[str, Any]) -> None:
+    # Every Ray container: a node whose processes spoke Ray's actor transport while the others
+    # spoke gRPC would still work, but would not be the service that was measured.
+    for container in ray_containers(manifest):
+        env = {e["name"]: e.get("value", "") for e in env_of(container)}
+        assert {k: env.get(k) for k in SERVE_TRANSPORT_ENV} == SERVE_TRANSPORT_ENV
 
 
 def secret_refs(doc: dict[str, Any]) -> list[dict[str, Any]]:

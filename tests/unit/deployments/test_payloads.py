@@ -1,6 +1,8 @@
-"""What crosses each hop of an upload, single or batch: the pixels reach the Embedder only, the
-bytes the Decoder and the Indexer (which stores them), and nothing of either comes back through
-the Ingress. A search's bytes go to the Embedder alone, and its pixels nowhere."""
+"""What each call of an upload carries, single or batch: the pixels reach the Embedder only, the
+bytes the Decoder and the Indexer (which stores them), and no call returns either to the
+Ingress. A search's bytes go to the Embedder alone, and its pixels nowhere. (These count the
+calls' arguments and results; how Serve carries a pending result into the next call is
+deployments.cluster.SERVE_TRANSPORT_ENV's choice.)"""
 
 from __future__ import annotations
 

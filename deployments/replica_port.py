@@ -44,7 +44,7 @@ def listen_on_node_address() -> None:
         return
     current = getattr(replica, "add_port_to_grpc_server", None)
     if current is None:
-        # A Ray whose replica no longer binds this way: nothing to narrow, say so once.
+        # A Ray whose replica no longer binds this way: nothing to narrow; say so.
         logger.warning("ray.serve._private.replica.add_port_to_grpc_server not found: the "
                        "replica's gRPC server keeps Ray's own listening address")  # fmt: skip
         return

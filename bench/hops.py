@@ -60,9 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     from ray import serve
 
     from deployments.cluster import init_local_ray
+    from deployments.replica_port import listen_on_node_address
 
+    # Each listens where the service's replicas listen (deployments/replica_port.py).
     @serve.deployment(ray_actor_options={"num_cpus": 0.1})
     class Sink:
+        def __init__(self) -> None:
+            listen_on_node_address()
+
         def take(self, payload: Any) -> int:
             return len(payload)
 
@@ -71,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         """Calls Sink from inside a replica, as the Ingress calls the other deployments."""
 
         def __init__(self, sink: Any) -> None:
+            listen_on_node_address()
             self.sink = sink
 
         async def time_calls(self, payload: Any, calls: int) -> list[float]:

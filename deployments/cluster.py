@@ -23,11 +23,11 @@ if TYPE_CHECKING:
 # mode (RAY_SERVE_THROUGHPUT_OPTIMIZED), taken alone. The price: a pending result passed into
 # the next call is fetched by the caller and sent on, so an upload's pixels (150 kB) go from the
 # Decoder to the Embedder through the Ingress. Measured with bench.compare on 2 cores (README,
-# "Serve's transport"): faster at every load all the same, and keeping that one hop on the
-# object store (by-reference calls for it) gave most of the gain back. gRPC caps a message at
-# 4 MiB unless told otherwise, which would fail every photo bigger than that; the cap is
-# raised to gRPC's own ceiling, as Ray's actor calls have none: the body limits
-# (deployments.admission) bound what a request can carry.
+# "How it works", the transport table): faster at every load all the same, and keeping that
+# one hop on the object store (by-reference calls for it) gave most of the gain back. gRPC
+# caps a message at 4 MiB unless told otherwise, which would fail every photo bigger than
+# that; the cap is raised to gRPC's own ceiling, as Ray's actor calls have none: the body
+# limits (deployments.admission) bound what a request can carry.
 SERVE_TRANSPORT_ENV = {
     "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
     "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(2**31 - 1),

@@ -11,7 +11,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, NamedTuple
 
-from deployments.cluster import init_local_ray, port_unavailable
+from deployments.cluster import free_port, init_local_ray, port_unavailable, use_direct_ingress
 
 if TYPE_CHECKING:
     from image_search.config import Settings
@@ -57,7 +57,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # Replicas build their settings from ISE_CONFIG; they inherit this environment.
         os.environ["ISE_CONFIG"] = str(Path(args.config).resolve())
     doc = yaml.safe_load(Path(args.serve_config).read_text(encoding="utf-8"))
-    doc.setdefault("http_options", {}).update(host=settings.server.host, port=settings.server.port)
+    host, api_port = settings.server.host, settings.server.port
+    # A local cluster's Ingress replica serves the API port itself (direct ingress); Serve's
+    # proxy, which Serve still starts, then takes another port. A joined cluster's own
+    # settings decide (its proxy, docs/multinode.md).
+    direct = not joining and use_direct_ingress(api_port)
+    proxy_port = free_port(host) if direct else api_port
+    doc.setdefault("http_options", {}).update(host=host, port=proxy_port)
     init_local_ray(args.address, args.metrics_port, args.dashboard_port, namespace="serve")
     # After ray.init, never before: it replaces the SIGTERM handler, and the driver's core
     # worker installs a native crash handler that answers SIGTERM with abort() -- no `finally`,
@@ -68,8 +74,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     settings.server.port, args.address)  # fmt: skip
     else:
         logger.info("API: http://%s:%d/docs  dashboard: http://127.0.0.1:%d  "
-                    "Prometheus: http://127.0.0.1:%d/metrics", settings.server.host,
-                    settings.server.port, args.dashboard_port, args.metrics_port)  # fmt: skip
+                    "Prometheus: http://127.0.0.1:%d/metrics", host, api_port,
+                    args.dashboard_port, args.metrics_port)  # fmt: skip
+        if direct:
+            logger.info("the API port is the Ingress replica's own (Serve's direct ingress); "
+                        "Serve's HTTP proxy is on %s:%d", host, proxy_port)  # fmt: skip
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="serve-") as effective:
         yaml.safe_dump(doc, effective)
         effective.flush()

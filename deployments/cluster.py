@@ -45,6 +45,47 @@ LOCAL_RAY_ENV = {
     **SERVE_TRANSPORT_ENV,
 }
 
+
+def direct_ingress_env(api_port: int) -> dict[str, str]:
+    """Serve's direct ingress (Ray 2.60) for a local cluster: the Ingress replica answers HTTP
+    on the API port itself, so a request no longer passes through Serve's HTTP proxy, a
+    process that otherwise reads it, forwards it over gRPC and lets the Ingress fetch its body
+    back with actor calls. Measured on 2 cores (README, "How it works", the direct ingress
+    table): 20-25% more uploads and searches a second at 16 clients, 7 ms off a one-client
+    search. The proxy still runs (Serve needs it), on a free port nobody is told about.
+
+    Ray hands an ingress replica the first free port of [MIN, MAX): here the API port alone.
+    Its other defaults are for replicas behind a load balancer, which a local service has
+    not: a released port is held back for 150 s before another replica may take it (a
+    restarted Ingress would find the API port refused that long), and a stopping replica
+    keeps answering 30 s for the balancer to drain it (every stop would take that long).
+    """
+    return {
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(api_port),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(api_port + 1),
+        "RAY_SERVE_PORT_QUARANTINE_S": "0",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+    }
+
+
+def use_direct_ingress(api_port: int) -> bool:
+    """Set direct_ingress_env for the local cluster about to start (what the environment
+    already says wins: RAY_SERVE_ENABLE_DIRECT_INGRESS=0 keeps the proxy on the API port).
+    Returns whether the API port is the Ingress replica's own."""
+    for key, value in direct_ingress_env(api_port).items():
+        os.environ.setdefault(key, value)
+    return os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1"
+
+
+def free_port(host: str) -> int:
+    """A port free on `host` now (the OS's choice)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
 # Ray's own default. `image-search serve` passes it explicitly: left unset, Ray silently moves
 # the dashboard to 8266, 8267... when 8265 is taken, and the URL we print would be wrong.
 DASHBOARD_PORT = 8265

@@ -8,41 +8,29 @@ from __future__ import annotations
 
 import json
 import re
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bench.compare import SMOKE, parse_sizes
-from tests.conftest import ROOT
+from tests.benchrun import run_bench
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 # Measured ~75 s on a 2-core machine (two server start-ups included); room for a loaded one.
 RUN_BOUND_S = 900
-# The processes each phase cannot do without, by the names bench.cpu gives them.
+# The processes each phase cannot do without, by the names bench.cpu gives them. Not Serve's
+# HTTP proxy: the Ingress replica answers HTTP itself (deployments.cluster.direct_ingress_env).
 PHASE_DOERS = {
-    "ours": {"ingest": {"Serve HTTP proxy", "Ingress", "Decoder", "Embedder", "Indexer"},
-             "search": {"Serve HTTP proxy", "Ingress", "Embedder", "Indexer", "Milvus Lite"}},
+    "ours": {"ingest": {"Ingress", "Decoder", "Embedder", "Indexer"},
+             "search": {"Ingress", "Embedder", "Indexer", "Milvus Lite"}},
     "ref": {"ingest": {"reference server"}, "search": {"reference server"}},
 }  # fmt: skip
 FIGURE = r"\d+(?:\.\d+)? / \d+(?:\.\d+)? \(\d+\.\d\d\)"  # "ours / ref (ratio)"
 
 
 def run_compare(out: Path) -> tuple[int, str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.compare", "--smoke", "--json", str(out)], cwd=ROOT,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    try:
-        output, _ = proc.communicate(timeout=RUN_BOUND_S)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGTERM)  # it stops the server it runs, then exits
-        output, _ = proc.communicate(timeout=120)
-        pytest.fail(f"bench.compare --smoke still running after {RUN_BOUND_S}s:\n{output[-5000:]}")
-    return proc.returncode, output
+    return run_bench("bench.compare", "--smoke", "--json", str(out), bound_s=RUN_BOUND_S)
 
 
 def test_compare_smoke_reports_both_servers_for_every_cell(tmp_path: Path) -> None:

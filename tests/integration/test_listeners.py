@@ -8,56 +8,15 @@ socket tables, not from what Ray reports.
 from __future__ import annotations
 
 import ipaddress
-import os
-from pathlib import Path
 
 import httpx
 import pytest
 from ray.util.state import list_actors
 
+from tests.sockets import address, is_loopback, listening
+
 pytestmark = pytest.mark.integration
 SERVE_ACTORS = ("ServeReplica:", "ProxyActor", "ServeController")
-LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp{,6}
-
-
-def socket_inodes(pid: int) -> set[str]:
-    fds = Path(f"/proc/{pid}/fd")
-    out: set[str] = set()
-    for fd in fds.iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:  # closed meanwhile
-            continue
-        if target.startswith("socket:["):
-            out.add(target[len("socket:[") : -1])
-    return out
-
-
-def address(hex_addr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """/proc/net/tcp{,6}'s local address: 32-bit words in host (little-endian) order."""
-    raw = bytes.fromhex(hex_addr)
-    if len(raw) == 4:
-        return ipaddress.IPv4Address(raw[::-1])
-    return ipaddress.IPv6Address(b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4)))
-
-
-def listening(pid: int) -> list[tuple[str, int]]:
-    inodes = socket_inodes(pid)
-    found = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            local, state, inode = fields[1], fields[3], fields[9]
-            if state == LISTEN and inode in inodes:
-                host, port = local.split(":")
-                found.append((str(address(host)), int(port, 16)))
-    return found
-
-
-def is_loopback(host: str) -> bool:
-    ip = ipaddress.ip_address(host)
-    mapped = getattr(ip, "ipv4_mapped", None)
-    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def test_address_decoding() -> None:

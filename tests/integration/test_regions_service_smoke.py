@@ -9,15 +9,12 @@ manifest as scripts/eval-photos.sh writes one), so it needs no download.
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bench.evalset import GROUPS
-from tests.conftest import ROOT
+from tests.benchrun import run_bench
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -40,16 +37,9 @@ def eval_dir(root: Path, photos: dict[str, bytes]) -> Path:
 
 def test_short_run_reports_every_figure(photos: dict[str, bytes], tmp_path: Path) -> None:
     root, out = eval_dir(tmp_path / "evalset", photos), tmp_path / "regions.json"
-    cmd = [sys.executable, "-m", "bench.regions_service", str(root), "--short", "--out", str(out)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)  # fmt: skip
-    try:
-        output, _ = proc.communicate(timeout=RUN_BOUND_S)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGTERM)  # it stops the server it runs, then exits
-        output, _ = proc.communicate(timeout=120)
-        pytest.fail(f"still running after {RUN_BOUND_S}s:\n{output[-5000:]}")
-    assert proc.returncode == 0, output[-5000:]
+    code, output = run_bench("bench.regions_service", str(root), "--short", "--out", str(out),
+                             bound_s=RUN_BOUND_S)  # fmt: skip
+    assert code == 0, output[-5000:]
 
     res = json.loads(out.read_text())
     assert res["short"] is True and res["images"] > 0 and res["queries"] > 0

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import json
 import re
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bench.search_scale import SHORT
-from tests.conftest import ROOT
+from tests.benchrun import run_bench
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -25,17 +22,8 @@ RUN_BOUND_S = 600
 
 
 def run_short(out: Path, cache: Path) -> tuple[int, str]:
-    cmd = [sys.executable, "-m", "bench.search_scale", "--short", "--out", str(out),
-           "--cache", str(cache)]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)  # fmt: skip
-    try:
-        output, _ = proc.communicate(timeout=RUN_BOUND_S)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGTERM)  # it stops the service and the stores, then exits
-        output, _ = proc.communicate(timeout=120)
-        pytest.fail(f"search_scale --short still running after {RUN_BOUND_S}s:\n{output[-5000:]}")
-    return proc.returncode, output
+    return run_bench("bench.search_scale", "--short", "--out", str(out), "--cache", str(cache),
+                     bound_s=RUN_BOUND_S)  # fmt: skip
 
 
 def test_search_scale_short_fills_serves_and_reports(tmp_path: Path) -> None:

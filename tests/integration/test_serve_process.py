@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT, VENV_BIN, free_port
+from tests.sockets import is_loopback, listener_pids, listening
 
 pytestmark = pytest.mark.integration
 
@@ -221,3 +222,77 @@ def test_a_taken_port_is_refused_clearly_and_quickly(
     assert took < REFUSE_BOUND_S, f"took {took:.1f}s"
     assert not left, f"left running: {names(left)}"
     assert not (workdir / "ray").exists()  # Ray never started
+
+
+def command(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+
+
+def ingress_on(port: int, pids: set[int]) -> int:
+    """The one process of `pids` listening on `port`; it must be the Ingress replica."""
+    holders = listener_pids(port, pids)
+    assert len(holders) == 1, {p: command(p)[:80] for p in holders}
+    (pid,) = holders
+    assert command(pid).startswith("ray::ServeReplica:image_search:Ingress"), command(pid)
+    return pid
+
+
+def wait_back(url: str, timeout: float) -> float:
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=5).status_code == 200:
+                return time.monotonic() - began
+        time.sleep(0.25)
+    pytest.fail(f"{url} did not answer again within {timeout}s")
+
+
+def test_the_api_port_is_the_ingress_replicas_own_and_outlives_it(
+    workdir: Path, photos: dict[str, bytes]
+) -> None:
+    """Direct ingress (deployments.cluster.direct_ingress_env): the Ingress replica listens on
+    the API port itself, on loopback, and a killed Ingress's successor takes the same port."""
+    http = free_port()
+    api = f"http://127.0.0.1:{http}"
+    proc = start_serve(workdir, serve_env(workdir, http=http))
+    seen: set[int] = set()
+    try:
+        wait_ready(proc, f"{api}/readyz", workdir / "serve.log", timeout=300)
+        seen = belonging_to(proc.pid, str(workdir))
+        first = ingress_on(http, seen)
+        wide = {command(p)[:60]: w for p in seen if (w := [a for a in listening(p)
+                                                          if not is_loopback(a[0])])}  # fmt: skip
+        assert not wide, wide
+        name, data = next(iter(photos.items()))
+        up = httpx.post(f"{api}/meta/image/file", files={"file": (f"{name}.jpg", data)},
+                        timeout=120)  # fmt: skip
+        assert up.status_code == 200, up.text
+        meta_uuid = up.json()["data"]["meta_uuid"]
+        # Bad input is answered by the same app, in the same envelope, on this path too.
+        bad = httpx.post(f"{api}/sample/file", files={"file": ("x.jpg", b"not an image")},
+                         timeout=60)  # fmt: skip
+        assert bad.status_code == 415 and bad.json()["succeed"] is False, bad.text
+        # The body limits hold in the server in front of the app (deployments.admission).
+        huge = b"\0" * (25 * 2**20)
+        over = httpx.post(f"{api}/meta/image/file", files={"file": ("h.jpg", huge)}, timeout=120)
+        assert over.status_code == 413 and over.json()["succeed"] is False, over.text
+
+        os.kill(first, signal.SIGKILL)
+        took = wait_back(f"{api}/readyz", timeout=120)
+        second = ingress_on(http, belonging_to(proc.pid, str(workdir)))
+        assert second != first, "the API port must be held by the new Ingress replica"
+        found = httpx.post(f"{api}/sample/file", files={"file": ("q.jpg", data)},
+                           data={"limit": 3}, timeout=120)  # fmt: skip
+        assert found.status_code == 200, found.text
+        assert found.json()["data"][0]["meta_uuid"] == meta_uuid, found.text
+        assert took < 120
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=STOP_BOUND_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+        time.sleep(1)
+        kill_all(still_alive(seen | belonging_to(proc.pid, str(workdir))))

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import socket
 import sys
 import types
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
+from bench.ingress import PROXY_LINE
 from cli import serve
 from cli.main import build_parser
 from cli.serve import EXIT_CANNOT_START, PortNeed, port_problems
+from deployments.cluster import direct_ingress_env
 
 
 @pytest.fixture
@@ -98,7 +103,13 @@ class StandIns:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, stop: BaseException):
         self.events: list[tuple[str, object]] = []
+        self.serve_config: dict[str, Any] = {}
         monkeypatch.setenv("ISE__STORES__VECTORS_URI", str(tmp_path / "vectors.db"))
+        # cmd_serve sets Ray's direct ingress variables for the cluster it starts: they must
+        # not outlive the test (a later test's Ray would inherit them).
+        for key in direct_ingress_env(0):
+            monkeypatch.setenv(key, "")
+            monkeypatch.delenv(key)
         self.ignored = ignored_signals(monkeypatch, self.events)
         monkeypatch.setattr(
             serve, "init_local_ray", lambda address, *a, **k: self.events.append(("ray", address))
@@ -112,6 +123,7 @@ class StandIns:
 
         def serve_run_main(args: list[str], standalone_mode: bool) -> None:
             self.events.append(("serve run", args[0]))
+            self.serve_config.update(yaml.safe_load(Path(args[0]).read_text(encoding="utf-8")))
             raise stop  # how `serve run` ends: Ctrl-C (or its click form) here
 
         # cmd_serve imports `serve run` lazily; stand in for it without importing Ray Serve.
@@ -134,6 +146,9 @@ def test_joining_a_cluster_checks_no_local_port_and_stops_serve_on_sigterm(
     # Signals are ignored from the moment the clean-up starts, so none can cut it short.
     assert ray.kinds() == ["ray", "signal", "serve run", "signal", "signal", "stop lite"]
     assert ray.events[0] == ("ray", "127.0.0.1:6379")
+    # The joined cluster's proxy serves the API port; its Ray settings are not ours to change.
+    assert ray.serve_config["http_options"]["port"] == taken_port
+    assert not set(direct_ingress_env(0)) & set(os.environ)
     assert ray.events[1] == ("signal", serve._on_sigterm_joined)
     assert ray.events[5] == ("stop lite", str(tmp_path / "vectors.db"))
     assert ray.ignored == {signal.SIGTERM, signal.SIGINT}
@@ -145,18 +160,42 @@ def test_joining_a_cluster_checks_no_local_port_and_stops_serve_on_sigterm(
 
 
 def test_a_local_cluster_is_started_then_stopped_whole(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     import click
 
-    monkeypatch.setenv("ISE__SERVER__PORT", str(free_port()))
+    caplog.set_level(logging.INFO, logger="image_search")
+
+    api = free_port()
+    monkeypatch.setenv("ISE__SERVER__PORT", str(api))
     # Ctrl-C before `serve run` waits reaches us as click's Abort: a clean stop all the same.
     ray = StandIns(monkeypatch, tmp_path, click.exceptions.Abort())
     assert serve.cmd_serve(serve_args()) == 0
+    # The Ingress replica takes the API port (direct ingress, set before the cluster starts,
+    # whose processes inherit it); Serve's proxy another one, on the same host.
+    assert {k: os.environ.get(k) for k in direct_ingress_env(api)} == direct_ingress_env(api)
+    proxy = ray.serve_config["http_options"]
+    assert proxy["host"] == "127.0.0.1" and proxy["port"] != api
+    # bench.ingress finds the proxy from this log line.
+    found = PROXY_LINE.search(caplog.text)
+    assert found and (found.group(1), int(found.group(2))) == ("127.0.0.1", proxy["port"])
     assert ray.events[0] == ("ray", None)  # no address: init_local_ray starts a new cluster
     assert ray.events[1] == ("signal", serve._on_sigterm_local)
     # The replicas stop before the Milvus Lite server they use.
     assert ray.kinds()[2:] == ["serve run", "signal", "signal", "stop ray", "stop lite"]
+
+
+def test_direct_ingress_can_be_turned_off_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import click
+
+    api = free_port()
+    monkeypatch.setenv("ISE__SERVER__PORT", str(api))
+    ray = StandIns(monkeypatch, tmp_path, click.exceptions.Abort())
+    monkeypatch.setenv("RAY_SERVE_ENABLE_DIRECT_INGRESS", "0")
+    assert serve.cmd_serve(serve_args()) == 0
+    assert ray.serve_config["http_options"]["port"] == api  # Serve's proxy serves the API
 
 
 def test_sigterm_on_a_local_cluster_exits_cleanly(monkeypatch: pytest.MonkeyPatch) -> None:

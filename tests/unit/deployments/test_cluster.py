@@ -6,6 +6,7 @@ own address resolution is asked directly (a pure function of its temp dir).
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import types
@@ -15,7 +16,15 @@ from typing import Any
 
 import pytest
 
-from deployments.cluster import DASHBOARD_PORT, START_LOCAL, init_local_ray, port_unavailable
+from deployments.cluster import (
+    DASHBOARD_PORT,
+    START_LOCAL,
+    direct_ingress_env,
+    free_port,
+    init_local_ray,
+    port_unavailable,
+    use_direct_ingress,
+)
 
 
 @pytest.fixture
@@ -80,3 +89,38 @@ def test_port_unavailable_sees_a_listener_and_only_that() -> None:
 def test_port_unavailable_reports_an_address_not_on_this_machine() -> None:
     # 192.0.2.0/24 is reserved for documentation: never a local address.
     assert port_unavailable("192.0.2.1", DASHBOARD_PORT) is not None
+
+
+def test_direct_ingress_gives_the_ingress_exactly_the_api_port() -> None:
+    env = direct_ingress_env(8000)
+    assert env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1"
+    # Ray's range is [MIN, MAX): the API port and nothing else.
+    assert (env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"],
+            env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"]) == ("8000", "8001")  # fmt: skip
+    # A restarted Ingress takes the port back at once; a stop does not wait for a balancer.
+    assert env["RAY_SERVE_PORT_QUARANTINE_S"] == "0"
+    assert float(env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"]) <= 1
+
+
+def test_ray_reads_the_direct_ingress_variables() -> None:
+    """The names are Ray's: a renamed variable would silently leave the proxy in the path."""
+    from ray.serve._private import constants
+
+    source = Path(constants.__file__).read_text(encoding="utf-8")
+    for key in direct_ingress_env(8000):
+        assert f'"{key}"' in source, key
+
+
+def test_the_environment_wins_over_direct_ingress(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in direct_ingress_env(0):
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
+    assert use_direct_ingress(8123) is True
+    assert os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] == "8123"
+    monkeypatch.setenv("RAY_SERVE_ENABLE_DIRECT_INGRESS", "0")
+    assert use_direct_ingress(8123) is False
+
+
+def test_free_port_is_free() -> None:
+    port = free_port("127.0.0.1")
+    assert port_unavailable("127.0.0.1", port) is None

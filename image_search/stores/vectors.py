@@ -231,10 +231,14 @@ class MilvusVectorIndex:
             res = c.search(
                 self.collection,
                 # A list: pymilvus packs a numpy array element by element, slower still.
-                # No output fields: the id comes with every hit.
                 data=[np.asarray(vector, dtype=np.float32).tolist()],
                 filter=expr,
                 limit=limit,
+                # Named, though the id comes with every hit anyway: asked for nothing, Milvus
+                # Lite sends each hit's vector along (5 kB each), which it reads and pymilvus
+                # decodes -- 2.5 of 11.6 ms a search at 2,000 vectors. A Milvus server sends
+                # none either way (the same 19-23 ms of its CPU per search at 20,000).
+                output_fields=["id"],
                 search_params={"metric_type": "L2", "params": self.search_params_for(limit)},
                 consistency_level=self.search_consistency_level,
                 timeout=self.timeout_s,

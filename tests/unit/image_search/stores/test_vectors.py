@@ -68,6 +68,8 @@ def test_search_sends_the_adjusted_ef() -> None:
     (call,) = client.searches
     assert call["limit"] == 300
     assert call["search_params"] == {"metric_type": "L2", "params": {"ef": 300}}
+    # Named: asked for no field, Milvus Lite sends every hit's vector along.
+    assert call["output_fields"] == ["id"]
 
 
 def test_a_lite_path_gets_no_keepalive_pings_and_a_server_keeps_them(

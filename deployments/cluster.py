@@ -50,9 +50,9 @@ def direct_ingress_env(api_port: int) -> dict[str, str]:
     """Serve's direct ingress (Ray 2.60) for a local cluster: the Ingress replica answers HTTP
     on the API port itself, so a request no longer passes through Serve's HTTP proxy, a
     process that otherwise reads it, forwards it over gRPC and lets the Ingress fetch its body
-    back with actor calls. Measured on 2 cores (README, "How it works", the direct ingress
-    table): 20-25% more uploads and searches a second at 16 clients, 7 ms off a one-client
-    search. The proxy still runs (Serve needs it), on a free port nobody is told about.
+    back with actor calls. `python -m bench.ingress` measures both doors of one service
+    (README, "How it works", has the figures). The proxy still runs (Serve starts it), on a
+    free port that nobody is sent to.
 
     Ray hands an ingress replica the first free port of [MIN, MAX): here the API port alone.
     Its other defaults are for replicas behind a load balancer, which a local service has

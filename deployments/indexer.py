@@ -7,18 +7,21 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 from ray import serve
 
+from deployments import metrics
+from deployments.coalescing import Coalescer
 from deployments.replica_port import listen_on_node_address
 from image_search.config import settings_from_json
 from image_search.duplicates import DuplicatePage, DuplicateQuery
 from image_search.embedding import EmbeddedUpload, Embedding
 from image_search.errors import SearchEngineError, StoreUnavailable
 from image_search.imaging import ImageFacts
-from image_search.indexing import Hit, IndexService, IngestItem
+from image_search.indexing import GlobalQuery, Hit, IndexService, IngestItem, SearchPage
 from image_search.planning import Plan, PlanItem
 from image_search.records import ImageRecord, Upload
 from image_search.stores.base import TagCount
@@ -26,8 +29,21 @@ from image_search.stores.base import TagCount
 logger = logging.getLogger("ray.serve")
 T = TypeVar("T")
 FLUSH_CHECK_S = 0.5
-# Concurrent single uploads written together (see index). 0 s wait: never held for company.
+# Single uploads, and untagged searches, that arrive while one batch of them runs go together
+# as the next, up to these many (deployments/coalescing.py): an idle call runs alone at once.
+# 16: the concurrent clients one replica is sized for (max_ongoing_requests leaves room for
+# batch uploads and reads beside them); a write's or a search's store calls are then shared.
 INDEX_BATCH = 16
+SEARCH_BATCH = 16
+
+
+@dataclass(frozen=True)
+class _Write:
+    """One single upload waiting to be written with the others (Indexer.index)."""
+
+    upload: Upload
+    data: bytes
+    embedded: EmbeddedUpload
 
 
 @serve.deployment
@@ -36,12 +52,17 @@ class Indexer:
         listen_on_node_address()
         self.svc = IndexService.from_settings(settings_from_json(settings_json))
         self._ready = False
+        self._start_batching()
         try:
             self._ensure_ready()
         except StoreUnavailable as exc:
             # Start anyway: /readyz reports the store, and calls retry until it is back.
             logger.warning("stores not ready at start: %s", exc.message)
         threading.Thread(target=self._flush_loop, daemon=True, name="vector-flush").start()
+
+    def _start_batching(self) -> None:
+        self._writes = Coalescer(self._write_batch, INDEX_BATCH, "index")
+        self._searches = Coalescer(self._search_batch, SEARCH_BATCH, "search")
 
     def _ensure_ready(self) -> None:
         if not self._ready:
@@ -86,24 +107,21 @@ class Indexer:
     async def plan(self, items: list[PlanItem]) -> list[Plan]:
         return await self._run(self.svc.plan, items)
 
-    # serve.batch's stubs know one batched argument only; it batches each of several.
-    @serve.batch(max_batch_size=INDEX_BATCH, batch_wait_timeout_s=0.0)  # type: ignore[arg-type]
-    async def index(  # type: ignore[misc]
-        self,
-        uploads: list[Upload],
-        datas: list[bytes],
-        embedded: list[EmbeddedUpload],
-    ) -> list[ImageRecord | SearchEngineError]:
-        """Single uploads, planned and written here in the one call the ingress makes each.
+    async def index(
+        self, upload: Upload, data: bytes, embedded: EmbeddedUpload
+    ) -> ImageRecord | SearchEngineError:
+        """A single upload, planned and written here in the one call the ingress makes.
 
         Batched: uploads arriving while a write runs go together as the next one -- one plan
         query, one pin transaction and one vector upsert for all of them. Each caller gets its
         own record or error (an error is returned, not raised, so it stays that caller's).
         """
-        items = [
-            self._item(u, b, e.facts, e.embedding)
-            for u, b, e in zip(uploads, datas, embedded, strict=True)
-        ]
+        return await self._writes(_Write(upload, data, embedded))
+
+    async def _write_batch(self, writes: list[_Write]) -> list[ImageRecord | SearchEngineError]:
+        metrics.observe_indexer_batch("index", len(writes))
+        items = [self._item(w.upload, w.data, w.embedded.facts, w.embedded.embedding)
+                 for w in writes]  # fmt: skip
         return await self._run(self.svc.index_many, items)
 
     async def ingest_many(
@@ -133,7 +151,10 @@ class Indexer:
         if mode == "regions":
             return await self._run(self.svc.search_regions, vector, embedding.regions, offset,
                                    limit, threshold, tags)  # fmt: skip
-        return await self._run(self.svc.search, vector, offset, limit, threshold, tags)
+        if tags:
+            return await self._run(self.svc.search, vector, offset, limit, threshold, tags)
+        page = SearchPage(offset, limit, threshold)
+        return self._page(await self._searches(GlobalQuery(page, vector=vector)))
 
     async def search_stored(
         self,
@@ -145,7 +166,26 @@ class Indexer:
     ) -> list[Hit]:
         # One call, not the stored vector then search: each hop through Serve costs the
         # Ingress and this replica a few ms of CPU (bench.hops), and here it buys nothing.
-        return await self._run(self.svc.search_stored, meta_uuid, offset, limit, threshold, tags)
+        if tags:
+            return await self._run(self.svc.search_stored, meta_uuid, offset, limit, threshold,
+                                   tags)  # fmt: skip
+        page = SearchPage(offset, limit, threshold)
+        return self._page(await self._searches(GlobalQuery(page, meta_uuid=meta_uuid)))
+
+    async def _search_batch(
+        self, queries: list[GlobalQuery]
+    ) -> list[list[Hit] | SearchEngineError]:
+        """Untagged searches arriving while one runs go together as the next: one Milvus
+        request for all their vectors and one row query (IndexService.search_global). A
+        Milvus request's own cost is most of a search's at our sizes, and it is shared."""
+        metrics.observe_indexer_batch("search", len(queries))
+        return await self._run(self.svc.search_global, queries)
+
+    @staticmethod
+    def _page(result: list[Hit] | SearchEngineError) -> list[Hit]:
+        if isinstance(result, SearchEngineError):
+            raise result  # this caller's own error (an unknown meta_uuid), not the batch's
+        return result
 
     async def has_regions(self) -> bool:
         """Whether the collection has region vectors (uploads then bring their views)."""

@@ -39,6 +39,16 @@ def _batch_seconds() -> Histogram:
     )
 
 
+@cache
+def _indexer_batch() -> Histogram:
+    return Histogram(
+        "ise_indexer_batch_size",
+        description="Single uploads (call=index) or searches (call=search) per Indexer batch.",
+        boundaries=[1, 2, 4, 8, 16],
+        tag_keys=("call",),
+    )
+
+
 def count_upload(outcome: str, n: int = 1) -> None:
     if n > 0:  # Ray's Counter refuses 0
         _uploads().inc(n, tags={"outcome": outcome})
@@ -51,6 +61,10 @@ def count_search(kind: str) -> None:
 def observe_batch(size: int, seconds: float) -> None:
     _batch_size().observe(size)
     _batch_seconds().observe(seconds)
+
+
+def observe_indexer_batch(call: str, size: int) -> None:
+    _indexer_batch().observe(size, tags={"call": call})
 
 
 @cache

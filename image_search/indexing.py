@@ -107,6 +107,34 @@ class IngestItem:
     regions: RegionVectors | None = None
 
 
+@dataclass(frozen=True)
+class SearchPage:
+    """The page one search asks for: `limit` hits after `offset`, within `threshold`."""
+
+    offset: int
+    limit: int
+    threshold: float | None = None
+
+    @property
+    def want(self) -> int:
+        return self.offset + self.limit
+
+    @property
+    def fetch(self) -> int:
+        # A little more than needed: hits without a row (mid-ingest or orphaned) are dropped,
+        # and one vector can stand for several rows with the same bytes.
+        return min(MAX_TOP_K, self.want + 16)
+
+
+@dataclass(frozen=True)
+class GlobalQuery:
+    """One untagged whole-picture search: by its vector, or by a stored image's."""
+
+    page: SearchPage
+    vector: np.ndarray | None = None
+    meta_uuid: str = ""  # when vector is None
+
+
 def content_key(new: NewImage) -> ContentKey:
     return ContentKey(new.milvus_id, new.sha256, new.file_path)
 
@@ -512,16 +540,39 @@ class IndexService:
 
     def stored_vector(self, meta_uuid: str) -> np.ndarray:
         """The vector an image is indexed by, for a search with a stored image."""
-        rec = self.get(meta_uuid)
+        found = self.stored_vectors([meta_uuid])[0]
+        if isinstance(found, SearchEngineError):
+            raise found
+        return found
+
+    def stored_vectors(self, meta_uuids: Sequence[str]) -> list[np.ndarray | SearchEngineError]:
+        """stored_vector for each, with one vector read for all: a NotFound (or a missing
+        vector) is that image's error, not the others'."""
+        out: list[np.ndarray | SearchEngineError] = []
+        records: list[ImageRecord] = []
+        for uuid in meta_uuids:
+            rec = self.stores.metadata.get(uuid)
+            if rec is None:
+                out.append(NotFound(f"image {uuid!r} not found"))
+            else:
+                records.append(rec)
+                out.append(StoreUnavailable(f"vector of {uuid!r} is missing; run reconcile",
+                                            "vectors"))  # fmt: skip
+        ids = list({r.milvus_id for r in records})
         # At the searches' consistency first: a committed row's vector was written before
         # the row, so only a vector written by another process a moment ago can be missed,
         # and a fresh read finds that one.
-        found = self.stores.vectors.get([rec.milvus_id], fresh=False)
-        if rec.milvus_id not in found:
-            found = self.stores.vectors.get([rec.milvus_id])
-        if rec.milvus_id not in found:
-            raise StoreUnavailable(f"vector of {meta_uuid!r} is missing; run reconcile", "vectors")
-        return found[rec.milvus_id]
+        found = self.stores.vectors.get(ids, fresh=False)
+        missed = [i for i in ids if i not in found]
+        if missed:
+            found.update(self.stores.vectors.get(missed))
+        pending = iter(records)
+        for i, item in enumerate(out):
+            if not isinstance(item, NotFound):
+                rec = next(pending)
+                if rec.milvus_id in found:
+                    out[i] = found[rec.milvus_id]
+        return out
 
     def search_stored(
         self,
@@ -543,30 +594,62 @@ class IndexService:
         tags: Sequence[str] = (),
     ) -> list[Hit]:
         """Nearest images, ascending squared-L2 distance; rows fetched in one query (two
-        where some of the first hits have no row: _rows_of). With `tags`, only images that
-        carry every one of them (search_tagged)."""
+        where some of the first hits have no row). With `tags`, only images that carry every
+        one of them (search_tagged)."""
         if tags:
             return self.search_tagged(vector, offset, limit, threshold, tags)
-        want = offset + limit
-        # Ask for a little more than needed: hits without a row (mid-ingest or orphaned) are
-        # dropped, and one vector can stand for several rows with the same bytes.
-        hits = self.stores.vectors.search(vector, min(MAX_TOP_K, want + 16))
-        if threshold is not None:
-            hits = [h for h in hits if h.distance <= threshold]
-        rows = self._rows_of(hits, want)
-        out: list[Hit] = []
-        for h in hits:
-            for rec in rows.get(h.id, []):
-                out.append(Hit(rec, max(0.0, h.distance)))
-        return out[offset:want]
+        return self.search_vectors([vector], [SearchPage(offset, limit, threshold)])[0]
 
-    def _rows_of(self, hits: Sequence[VectorHit], want: int) -> dict[int, list[ImageRecord]]:
-        """The rows of the first hits that make `want` records: those of the first `want`
-        hits, and of the spare ones only when some of those have no row (a rare case)."""
-        rows = self.stores.metadata.by_milvus_ids([h.id for h in hits[:want]])
-        if sum(len(r) for r in rows.values()) < want and len(hits) > want:
-            rows.update(self.stores.metadata.by_milvus_ids([h.id for h in hits[want:]]))
-        return rows
+    def search_global(self, queries: Sequence[GlobalQuery]) -> list[list[Hit] | SearchEngineError]:
+        """Untagged searches together, by vector or by stored image (the Indexer's batch):
+        one vector read for the stored ones, then search_vectors for all. Each gets its own
+        page or error."""
+        out: list[list[Hit] | SearchEngineError] = [[] for _ in queries]
+        stored = [i for i, q in enumerate(queries) if q.vector is None]
+        vectors = {i: q.vector for i, q in enumerate(queries) if q.vector is not None}
+        for i, found in zip(stored, self.stored_vectors([queries[i].meta_uuid for i in stored]),
+                            strict=True):  # fmt: skip
+            if isinstance(found, SearchEngineError):
+                out[i] = found
+            else:
+                vectors[i] = found
+        todo = sorted(vectors)
+        pages = self.search_vectors([vectors[i] for i in todo], [queries[i].page for i in todo])
+        for i, page in zip(todo, pages, strict=True):
+            out[i] = page
+        return out
+
+    def search_vectors(
+        self, vectors: Sequence[np.ndarray], pages: Sequence[SearchPage]
+    ) -> list[list[Hit]]:
+        """search() (untagged) for each vector and its page, in as few store calls as their
+        pages allow: one vector search per distinct fetch size and one row query for all.
+
+        Grouped by fetch size so that each query's vector search is the one it would make
+        alone (an HNSW search's ef follows its limit): its answer never depends on the
+        company it was batched with."""
+        by_fetch: dict[int, list[int]] = {}
+        for i, page in enumerate(pages):
+            by_fetch.setdefault(page.fetch, []).append(i)
+        hits: list[list[VectorHit]] = [[] for _ in pages]
+        for fetch, idx in by_fetch.items():
+            answers = self.stores.vectors.search_many(np.stack([vectors[i] for i in idx]), fetch)
+            for i, h in zip(idx, answers, strict=True):
+                threshold = pages[i].threshold
+                hits[i] = h if threshold is None else [x for x in h if x.distance <= threshold]
+        md = self.stores.metadata
+        firsts = {h.id for found, page in zip(hits, pages, strict=True) for h in found[: page.want]}
+        rows = md.by_milvus_ids(list(firsts))
+        out: list[list[Hit]] = []
+        for found, page in zip(hits, pages, strict=True):
+            shown = sum(len(rows.get(h.id, [])) for h in found[: page.want])
+            if shown < page.want and len(found) > page.want:
+                # Some of the first hits have no row (a rare case): the spare hits' rows too.
+                spare = [h.id for h in found[page.want :] if h.id not in rows]
+                rows.update(md.by_milvus_ids(spare))
+            ranked = [Hit(rec, max(0.0, h.distance)) for h in found for rec in rows.get(h.id, [])]
+            out.append(ranked[page.offset : page.want])
+        return out
 
     def search_tagged(
         self,

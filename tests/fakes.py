@@ -36,6 +36,7 @@ class MemoryVectorIndex:
         self.rows: dict[int, np.ndarray] = {}
         self.flushes = 0
         self.searches: list[list[int] | None] = []  # each search's id restriction, if any
+        self.batches: list[int] = []  # the rows of each search_many
 
     def upsert(self, ids: Sequence[int], vectors: np.ndarray) -> None:
         if vectors.shape != (len(ids), self.dim):
@@ -49,6 +50,10 @@ class MemoryVectorIndex:
         self.searches.append(None if ids is None else sorted(among))
         hits = [VectorHit(i, float(np.sum((v - vector) ** 2))) for i, v in among.items()]
         return sorted(hits, key=lambda h: h.distance)[:limit]
+
+    def search_many(self, vectors: np.ndarray, limit: int) -> list[list[VectorHit]]:
+        self.batches.append(len(vectors))
+        return [self.search(v, limit) for v in vectors]
 
     def range_search(self, vectors: np.ndarray, radius: float, limit: int) -> list[list[VectorHit]]:
         return [[h for h in self.search(v, len(self.rows)) if h.distance <= radius][:limit]

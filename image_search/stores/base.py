@@ -70,6 +70,10 @@ class VectorIndex(Protocol):
         """The nearest `limit` vectors, ascending; with `ids`, among those ids only."""
         ...
 
+    def search_many(self, vectors: np.ndarray, limit: int) -> list[list[VectorHit]]:
+        """search() (no `ids`) for each row of `vectors`, in one request; a list per row."""
+        ...
+
     def range_search(self, vectors: np.ndarray, radius: float, limit: int) -> list[list[VectorHit]]:
         """For each row of `vectors`, its nearest `limit` stored vectors within `radius`
         (squared L2, inclusive), ascending; one list per query (duplicate review)."""

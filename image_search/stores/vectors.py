@@ -226,12 +226,22 @@ class MilvusVectorIndex:
             return []
         # A literal list, not a template (filter_params): Milvus servers before 2.5 have none.
         expr = "" if ids is None else f"id in [{','.join(str(int(i)) for i in ids)}]"
+        return self._search(np.asarray(vector)[None, :], limit, expr)[0]
 
-        def run(c: MilvusClient) -> list[VectorHit]:
+    def search_many(self, vectors: np.ndarray, limit: int) -> list[list[VectorHit]]:
+        """search() for each row of `vectors`, in one request: a Milvus request's own cost
+        (gRPC, the server's scheduling, pymilvus) is most of a search's at our sizes, and
+        the rows share it (README, Search batching)."""
+        return self._search(vectors, limit, "") if len(vectors) else []
+
+    def _search(self, vectors: np.ndarray, limit: int, expr: str) -> list[list[VectorHit]]:
+        # A list: pymilvus packs a numpy array element by element, slower still.
+        data = np.asarray(vectors, dtype=np.float32).tolist()
+
+        def run(c: MilvusClient) -> list[list[VectorHit]]:
             res = c.search(
                 self.collection,
-                # A list: pymilvus packs a numpy array element by element, slower still.
-                data=[np.asarray(vector, dtype=np.float32).tolist()],
+                data=data,
                 filter=expr,
                 limit=limit,
                 # Named, though the id comes with every hit anyway: asked for nothing, Milvus
@@ -243,8 +253,9 @@ class MilvusVectorIndex:
                 consistency_level=self.search_consistency_level,
                 timeout=self.timeout_s,
             )
-            hits = res[0] if res else []
-            return [VectorHit(int(h["id"]), float(h["distance"])) for h in hits]
+            out = [[VectorHit(int(h["id"]), float(h["distance"])) for h in hits] for hits in res]
+            # One list per query row, even where an answer came back short of rows.
+            return out + [[] for _ in range(len(data) - len(out))]
 
         return self._call("search", run)
 

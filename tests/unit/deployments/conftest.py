@@ -43,14 +43,7 @@ def stand_in_indexer(svc: IndexService) -> Any:
     indexer = cls.__new__(cls)
     indexer.svc = svc
     indexer._ready = True
-    # serve.batch needs a replica context; here each call is its own batch of one, through
-    # the same method body (a later test drives a real batch of several directly).
-    batched = cls.index.__wrapped__
-
-    async def index(*args: Any) -> Any:
-        return (await batched(indexer, *([a] for a in args)))[0]
-
-    indexer.index = index
+    indexer._start_batching()
     return indexer
 
 

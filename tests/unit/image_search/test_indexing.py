@@ -14,7 +14,7 @@ from PIL import Image
 
 from image_search.errors import Conflict, NotFound, StoreUnavailable
 from image_search.imaging import content_info
-from image_search.indexing import IndexService, IngestItem, content_key
+from image_search.indexing import GlobalQuery, IndexService, IngestItem, SearchPage, content_key
 from image_search.planning import PlanItem
 from image_search.records import ImageRecord, NewImage, object_key_for, thumbnail_key_for
 from image_search.stores import Stores
@@ -363,3 +363,54 @@ def test_search_stored_finds_the_image_first_in_one_call(svc: IndexService) -> N
     ]
     with pytest.raises(NotFound):
         svc.search_stored("nope", 0, 3)
+
+
+def test_searches_made_together_get_what_each_gets_alone(
+    svc: IndexService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Indexer's batch of untagged searches: each query's page (or error) is the one it
+    gets alone, with one vector search per distinct fetch size and one row query for all."""
+    for n in range(8):
+        svc.ingest(item(n, f"m{n}"))
+    svc.ingest(item(5, "m5-again", with_vector=False))  # two rows behind one vector
+    queries = [
+        GlobalQuery(SearchPage(0, 3), vector=unit(5)),
+        GlobalQuery(SearchPage(1, 2), vector=unit(2)),
+        GlobalQuery(SearchPage(0, 3, threshold=1e-3), vector=unit(6)),
+        GlobalQuery(SearchPage(0, 3), meta_uuid="m4"),
+        GlobalQuery(SearchPage(0, 3), meta_uuid="nope"),
+        GlobalQuery(SearchPage(2, 30), vector=unit(1)),
+    ]
+    alone = []
+    for q in queries:
+        p = q.page
+        try:
+            alone.append(
+                svc.search_stored(q.meta_uuid, p.offset, p.limit, p.threshold)
+                if q.vector is None
+                else svc.search(q.vector, p.offset, p.limit, p.threshold)
+            )
+        except NotFound as exc:
+            alone.append(exc)
+    vectors = svc.stores.vectors
+    assert isinstance(vectors, MemoryVectorIndex)
+    vectors.batches.clear()
+    row_queries: list[int] = []
+    real = svc.stores.metadata.by_milvus_ids
+
+    def counting(ids: Sequence[int], tags: Sequence[str] = ()) -> dict[int, list[ImageRecord]]:
+        row_queries.append(len(ids))
+        return real(ids, tags)
+
+    monkeypatch.setattr(svc.stores.metadata, "by_milvus_ids", counting)
+    together = svc.search_global(queries)
+    assert isinstance(together[4], NotFound) and isinstance(alone[4], NotFound)
+    assert [r for i, r in enumerate(together) if i != 4] == [
+        r for i, r in enumerate(alone) if i != 4
+    ]
+    first, thresholded, deep = together[0], together[2], together[5]
+    assert isinstance(first, list) and isinstance(thresholded, list) and isinstance(deep, list)
+    assert {h.record.meta_uuid for h in first[:2]} == {"m5", "m5-again"}
+    assert len(thresholded) == 1 and len(deep) == 7  # 9 rows, from the third on
+    assert sorted(vectors.batches) == [1, 4]  # fetch 19 for four queries, 48 for the last
+    assert len(row_queries) == 1

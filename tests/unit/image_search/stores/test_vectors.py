@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from image_search.stores.base import VectorHit
 from image_search.stores.vectors import MAX_TOP_K, MilvusVectorIndex
 
 
@@ -70,6 +71,19 @@ def test_search_sends_the_adjusted_ef() -> None:
     assert call["search_params"] == {"metric_type": "L2", "params": {"ef": 300}}
     # Named: asked for no field, Milvus Lite sends every hit's vector along.
     assert call["output_fields"] == ["id"]
+
+
+def test_search_many_is_one_request_with_a_list_per_row() -> None:
+    idx = index(ef=128)
+    client = RecordingClient()  # answers one row only: the others come back empty
+    idx._client = client  # type: ignore[assignment]
+    rows = np.arange(12, dtype=np.float32).reshape(3, 4)
+    assert idx.search_many(rows, 26) == [[VectorHit(1, 0.25)], [], []]
+    (call,) = client.searches
+    assert call["data"] == rows.tolist() and call["limit"] == 26 and call["filter"] == ""
+    assert call["search_params"] == {"metric_type": "L2", "params": {"ef": 128}}
+    assert idx.search_many(np.zeros((0, 4), dtype=np.float32), 26) == []
+    assert len(client.searches) == 1  # no rows, no request
 
 
 def test_a_lite_path_gets_no_keepalive_pings_and_a_server_keeps_them(

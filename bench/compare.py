@@ -51,6 +51,14 @@ JPEG_QUALITY = 90
 SEARCH_LIMIT = 10
 WARM_UPLOADS = 8  # per server before measuring: every deployment and code path once
 WARM_SEARCHES = 4
+# After the warm-up, measuring starts once the server is quiet: its processes the same over
+# SETTLE_STEP_S and under QUIET_CORES busy (an idle service keeps 0.2 of the 2 cores busy with
+# Serve's own loops), waiting at most SETTLE_MAX_S. What the warm-up set going in the background
+# (a replica the autoscaler added, a Ray worker started ahead) otherwise ran during the first
+# cell: 12-14 ms of CPU per upload charged to that cell in some runs and not in others.
+SETTLE_STEP_S = 2.0
+QUIET_CORES = 0.4
+SETTLE_MAX_S = 60.0
 # The smoke run (CI): one small size, two concurrencies, a handful of photos.
 SMOKE: dict[str, str | int] = {"sizes": "640x480", "clients": "1,2", "images": 6, "searches": 6}
 SERVERS = ("ours", "ref")
@@ -198,6 +206,20 @@ async def warm(url: str, photos: list[bytes], deadline_s: float) -> None:
                        dict(found.statuses))  # fmt: skip
 
 
+def settle(probe: Callable[[], cpu.Sample]) -> float:
+    """Wait for the server to be quiet after its warm-up (SETTLE_*); the seconds waited."""
+    began = time.monotonic()
+    last = probe()
+    while time.monotonic() - began < SETTLE_MAX_S:
+        time.sleep(SETTLE_STEP_S)
+        now = probe()
+        quiet = cpu.busy_cores(last, now, SETTLE_STEP_S) < QUIET_CORES
+        if quiet and set(now.cpu_s) == set(last.cpu_s):
+            break
+        last = now
+    return time.monotonic() - began
+
+
 def run_server(
     name: str, cells: list[Cell], warm_photos: list[bytes], args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -216,7 +238,9 @@ def run_server(
         ready = processes.wait_ready(server, "/readyz", args.ready_timeout)
         logger.info("%s ready in %.0fs at %s", name, time.monotonic() - began, server.url)
         asyncio.run(warm(server.url, warm_photos, args.cell_timeout))
-        results: dict[str, Any] = {"readyz": ready.json(), "cells": {}}
+        waited = settle(probe)
+        logger.info("%s quiet %.0fs after its warm-up", name, waited)
+        results: dict[str, Any] = {"readyz": ready.json(), "settle_s": waited, "cells": {}}
         for cell in cells:
             res = asyncio.run(measure_cell(server.url, cell, args.searches, args.cell_timeout,
                                            probe))  # fmt: skip
@@ -323,6 +347,7 @@ def report(cells: list[Cell], results: dict[str, dict[str, Any]], args: argparse
         "search_limit": SEARCH_LIMIT, "jpeg_quality": JPEG_QUALITY,
         "ours_model": our_settings(), "ours_readyz": results["ours"]["readyz"],
         "ref_readyz": results["ref"]["readyz"],
+        "settle_s": {name: round(results[name]["settle_s"], 1) for name in SERVERS},
     }  # fmt: skip
     ref_model = {k: v for k, v in results["ref"]["readyz"].get("model", {}).items()
                  if k in MODEL_KEYS}  # fmt: skip

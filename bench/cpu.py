@@ -96,6 +96,11 @@ def spent(before: Sample, after: Sample, wall_s: float, requests: int) -> dict[s
     }  # fmt: skip
 
 
+def busy_cores(before: Sample, after: Sample, wall_s: float) -> float:
+    """The server's and the load generator's cores between two samples (see spent)."""
+    return float(spent(before, after, wall_s, 1)["cores"] or 0.0)
+
+
 def describe(use: dict[str, Any], top: int = 6) -> str:
     """`150 ms/request at 1.9 cores: Decoder 42, Ingress 25, ..., the rest 12`."""
     roles = list(use["by_role_ms"].items())

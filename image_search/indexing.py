@@ -548,17 +548,8 @@ class IndexService:
     def stored_vectors(self, meta_uuids: Sequence[str]) -> list[np.ndarray | SearchEngineError]:
         """stored_vector for each, with one vector read for all: a NotFound (or a missing
         vector) is that image's error, not the others'."""
-        out: list[np.ndarray | SearchEngineError] = []
-        records: list[ImageRecord] = []
-        for uuid in meta_uuids:
-            rec = self.stores.metadata.get(uuid)
-            if rec is None:
-                out.append(NotFound(f"image {uuid!r} not found"))
-            else:
-                records.append(rec)
-                out.append(StoreUnavailable(f"vector of {uuid!r} is missing; run reconcile",
-                                            "vectors"))  # fmt: skip
-        ids = list({r.milvus_id for r in records})
+        records = [self.stores.metadata.get(uuid) for uuid in meta_uuids]
+        ids = list({r.milvus_id for r in records if r is not None})
         # At the searches' consistency first: a committed row's vector was written before
         # the row, so only a vector written by another process a moment ago can be missed,
         # and a fresh read finds that one.
@@ -566,12 +557,15 @@ class IndexService:
         missed = [i for i in ids if i not in found]
         if missed:
             found.update(self.stores.vectors.get(missed))
-        pending = iter(records)
-        for i, item in enumerate(out):
-            if not isinstance(item, NotFound):
-                rec = next(pending)
-                if rec.milvus_id in found:
-                    out[i] = found[rec.milvus_id]
+        out: list[np.ndarray | SearchEngineError] = []
+        for uuid, rec in zip(meta_uuids, records, strict=True):
+            if rec is None:
+                out.append(NotFound(f"image {uuid!r} not found"))
+            elif rec.milvus_id in found:
+                out.append(found[rec.milvus_id])
+            else:
+                out.append(StoreUnavailable(f"vector of {uuid!r} is missing; run reconcile",
+                                            "vectors"))  # fmt: skip
         return out
 
     def search_stored(

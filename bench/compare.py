@@ -51,11 +51,12 @@ JPEG_QUALITY = 90
 SEARCH_LIMIT = 10
 WARM_UPLOADS = 8  # per server before measuring: every deployment and code path once
 WARM_SEARCHES = 4
-# After the warm-up, measuring starts once the server is quiet: its processes the same over
-# SETTLE_STEP_S and under QUIET_CORES busy (an idle service keeps 0.2 of the 2 cores busy with
-# Serve's own loops), waiting at most SETTLE_MAX_S. What the warm-up set going in the background
-# (a replica the autoscaler added, a Ray worker started ahead) otherwise ran during the first
-# cell: 12-14 ms of CPU per upload charged to that cell in some runs and not in others.
+# After the warm-up, measuring starts once the server is quiet: at least SETTLE_MIN_S (longer
+# than serve_config.yaml's upscale delays, so that a replica the warm-up's load asked for has
+# been started), then its processes the same over SETTLE_STEP_S and under QUIET_CORES busy (an
+# idle service keeps 0.2 of the 2 cores busy with Serve's own loops), at most SETTLE_MAX_S.
+# What the warm-up set going in the background otherwise ran during the first cell.
+SETTLE_MIN_S = 8.0
 SETTLE_STEP_S = 2.0
 QUIET_CORES = 0.4
 SETTLE_MAX_S = 60.0
@@ -209,6 +210,7 @@ async def warm(url: str, photos: list[bytes], deadline_s: float) -> None:
 def settle(probe: Callable[[], cpu.Sample]) -> float:
     """Wait for the server to be quiet after its warm-up (SETTLE_*); the seconds waited."""
     began = time.monotonic()
+    time.sleep(SETTLE_MIN_S)
     last = probe()
     while time.monotonic() - began < SETTLE_MAX_S:
         time.sleep(SETTLE_STEP_S)

@@ -21,6 +21,7 @@ class Probe:
 
 @pytest.fixture(autouse=True)
 def fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(compare, "SETTLE_MIN_S", 0.01)
     monkeypatch.setattr(compare, "SETTLE_STEP_S", 0.01)
     monkeypatch.setattr(compare, "SETTLE_MAX_S", 1.0)
 

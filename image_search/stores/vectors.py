@@ -231,7 +231,7 @@ class MilvusVectorIndex:
     def search_many(self, vectors: np.ndarray, limit: int) -> list[list[VectorHit]]:
         """search() for each row of `vectors`, in one request: a Milvus request's own cost
         (gRPC, the server's scheduling, pymilvus) is most of a search's at our sizes, and
-        the rows share it (README, Search batching)."""
+        the rows share it (README, How it works)."""
         return self._search(vectors, limit, "") if len(vectors) else []
 
     def _search(self, vectors: np.ndarray, limit: int, expr: str) -> list[list[VectorHit]]:

@@ -78,6 +78,21 @@ def test_search_restricted_to_ids(vector_index: VectorIndex) -> None:
     assert [h.id for h in vector_index.search(query, 5, ids=many)] == [h.id for h in hits]
 
 
+def test_search_many_answers_each_row_as_its_own_search(vector_index: VectorIndex) -> None:
+    """The Indexer's batched searches: one request, and each row's hits, in the rows' order,
+    are the ones that row's search alone gets."""
+    vecs = unit(40, 6)
+    vector_index.upsert(list(range(1, 41)), vecs)
+    queries = vecs[[3, 17, 3, 29]]  # a repeated row too
+    together = vector_index.search_many(queries, 5)
+    assert len(together) == 4
+    for query, hits in zip(queries, together, strict=True):
+        alone = vector_index.search(query, 5)
+        assert [h.id for h in hits] == [h.id for h in alone]
+        assert [h.distance for h in hits] == pytest.approx([h.distance for h in alone], abs=1e-5)
+    assert [hits[0].id for hits in together] == [4, 18, 4, 30]  # each finds itself first
+
+
 def test_delete(vector_index: VectorIndex) -> None:
     vecs = unit(3, 3)
     vector_index.upsert([1, 2, 3], vecs)

@@ -63,6 +63,19 @@ def item(seed: int, meta_uuid: str | None = None, with_vector: bool = True) -> I
     return IngestItem(new, data, unit(seed) if with_vector else None)
 
 
+def counted_row_queries(svc: IndexService, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """From now on, the number of ids of each metadata by_milvus_ids query (a row query)."""
+    asked: list[int] = []
+    real = svc.stores.metadata.by_milvus_ids
+
+    def counting(ids: Sequence[int], tags: Sequence[str] = ()) -> dict[int, list[ImageRecord]]:
+        asked.append(len(ids))
+        return real(ids, tags)
+
+    monkeypatch.setattr(svc.stores.metadata, "by_milvus_ids", counting)
+    return asked
+
+
 def test_ingest_makes_row_vector_and_object(svc: IndexService) -> None:
     it = item(1)
     rec = svc.ingest(it)
@@ -175,14 +188,7 @@ def test_orphans_among_the_first_hits_are_replaced_by_the_spare_ones(
     for n in range(4):
         svc.ingest(item(n, f"m{n}"))
     svc.stores.vectors.upsert([12345], unit(2)[None, :])  # the best hit for unit(2), no row
-    asked: list[int] = []
-    real = svc.stores.metadata.by_milvus_ids
-
-    def counting(ids: Sequence[int], tags: Sequence[str] = ()) -> dict[int, list[ImageRecord]]:
-        asked.append(len(ids))
-        return real(ids, tags)
-
-    monkeypatch.setattr(svc.stores.metadata, "by_milvus_ids", counting)
+    asked = counted_row_queries(svc, monkeypatch)
     hits = svc.search(unit(2), 0, 2)
     assert len(hits) == 2 and hits[0].record.meta_uuid == "m2" and asked == [2, 3]
     asked.clear()
@@ -395,14 +401,7 @@ def test_searches_made_together_get_what_each_gets_alone(
     vectors = svc.stores.vectors
     assert isinstance(vectors, MemoryVectorIndex)
     vectors.batches.clear()
-    row_queries: list[int] = []
-    real = svc.stores.metadata.by_milvus_ids
-
-    def counting(ids: Sequence[int], tags: Sequence[str] = ()) -> dict[int, list[ImageRecord]]:
-        row_queries.append(len(ids))
-        return real(ids, tags)
-
-    monkeypatch.setattr(svc.stores.metadata, "by_milvus_ids", counting)
+    row_queries = counted_row_queries(svc, monkeypatch)
     together = svc.search_global(queries)
     assert isinstance(together[4], NotFound) and isinstance(alone[4], NotFound)
     assert [r for i, r in enumerate(together) if i != 4] == [

@@ -30,6 +30,8 @@ ROLES = (
     ("/raylet", "raylet"),
     ("gcs_server", "GCS"),
     ("milvus_lite", "Milvus Lite"),
+    ("milvus run", "Milvus server"),
+    ("mariadbd", "MariaDB"),
     ("bench.reference_server", "reference server"),
     ("image-search serve", "image-search serve"),
 )

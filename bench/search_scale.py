@@ -58,7 +58,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from bench import processes
+from bench import cpu, processes
 from bench.compare import SIGNALS, machine
 from bench.edits import EDITS
 from bench.loadgen import Request, drive
@@ -72,6 +72,12 @@ MIX_MAX = 0.5  # how far towards a second real view a vector may be mixed
 NOISE_SCALE = 0.5  # noise spread relative to the real views' spread, per principal direction
 PCA_RANK = 128  # principal directions the noise is drawn in
 GEN_CHUNK = 10_000  # vectors generated at once (and the unit of regeneration)
+# After its indexes are built, a Milvus server may go on working on its own (compacting small
+# segments into larger ones and indexing those: one run's searches were measured beside a
+# core of it). Measuring starts once its process is under QUIET_CORES over QUIET_WINDOW_S.
+QUIET_CORES = 0.15
+QUIET_WINDOW_S = 10.0
+QUIET_MAX_S = 3600.0
 UPSERT_BATCH = 5_000  # vectors per VectorIndex.upsert: ~26 MB of gRPC, under both servers' caps
 SQL_BATCH = 10_000  # metadata rows per INSERT batch
 SEARCH_LIMIT = 10
@@ -392,6 +398,11 @@ def server_stores(workdir: Path, segment_mb: int = 0) -> Stores:
         # graph walks. Sealed near segment_mb, the same vectors make a few.
         milvus.config.set("dataCoord.segment.maxSize", segment_mb)
         milvus.config.set("dataCoord.segment.sealProportion", 0.9)
+        # A growing segment is also sealed at 32 binlog files, one per 16 MB buffer flushed:
+        # that sealed 1280-d segments at ~160k rows (820 MB) whatever maxSize said, so a
+        # million made 7. Fewer, larger flushes leave the size to decide.
+        milvus.config.set("dataNode.segment.insertBufSize", 256 << 20)
+        milvus.config.set("dataCoord.segment.maxBinlogFileNumber", 1024)
 
     def stop() -> None:
         with SIGNALS.uninterrupted():
@@ -479,13 +490,48 @@ def fill_vectors(stores: Stores, choice: IndexChoice, basis: Basis, n: int) -> d
     index.flush()
     inserted = time.monotonic() - began
     built = wait_indexed(stores.endpoint, index.collection, n)
+    quiet = wait_quiet(stores.vector_pid)
+    if quiet > QUIET_WINDOW_S:  # what it did meanwhile may have changed the segments
+        log_segments(stores.endpoint, index.collection)
     # Milvus Lite builds what it has not built yet on the first search (a 150k fill's first
     # search outlived a 60 s deadline): timed here, under this client's long deadline.
     began = time.monotonic()
     index.search(chunk(basis, 0, 1, stream=1)[0], SEARCH_LIMIT + 16)
     first = time.monotonic() - began
-    return {"insert_s": inserted, "index_wait_s": built, "first_search_s": first,
-            "vectors_per_s": n / inserted}  # fmt: skip
+    return {"insert_s": inserted, "index_wait_s": built, "quiet_wait_s": quiet,
+            "first_search_s": first, "vectors_per_s": n / inserted}  # fmt: skip
+
+
+def wait_quiet(pid: Callable[[], int | None], max_s: float = QUIET_MAX_S) -> float:
+    """Seconds until the vector store's process is quiet (QUIET_*): at least one window."""
+    began = time.monotonic()
+    while time.monotonic() - began < max_s:
+        p = pid()
+        first = processes.proc_info(p) if p else None
+        time.sleep(QUIET_WINDOW_S)
+        last = processes.proc_info(p) if p else None
+        if first is None or last is None:
+            break  # no process of its own to watch (or it is gone: the run will say so)
+        cores = (last.cpu_s - first.cpu_s) / QUIET_WINDOW_S
+        if cores < QUIET_CORES:
+            break
+        logger.info("  the vector store is busy on its own (%.2f cores); waiting", cores)
+    took = time.monotonic() - began
+    logger.info("  vector store quiet after %.0fs", took)
+    return took
+
+
+def log_segments(endpoint: str, collection: str) -> None:
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(uri=endpoint, timeout=60)
+    try:
+        with contextlib.suppress(Exception):  # Milvus Lite has no segment listing
+            segments = client.list_loaded_segments(collection, timeout=60)
+            logger.info("  %d segments loaded, rows each: %s", len(segments),
+                        sorted(int(getattr(s, "num_rows", 0)) for s in segments))  # fmt: skip
+    finally:
+        client.close()
 
 
 def wait_indexed(endpoint: str, collection: str, n: int, timeout_s: float = 7200) -> float:
@@ -507,19 +553,22 @@ def wait_indexed(endpoint: str, collection: str, n: int, timeout_s: float = 7200
             time.sleep(2)
         client.load_collection(collection, timeout=timeout_s)
         took = time.monotonic() - began
-        with contextlib.suppress(Exception):  # Milvus Lite has no segment listing
-            segments = client.list_loaded_segments(collection, timeout=60)
-            logger.info("  %d segments loaded, rows each: %s", len(segments),
-                        sorted(int(getattr(s, "num_rows", 0)) for s in segments))  # fmt: skip
-        return took
     finally:
         client.close()
+    log_segments(endpoint, collection)
+    return took
 
 
 # -- the service -----------------------------------------------------------------------------------
 def start_service(workdir: Path, stores: Stores, choice: IndexChoice) -> processes.Server:
-    """`image-search serve` on free loopback ports, pointed at the filled stores."""
-    return processes.start_service(workdir, {
+    """`image-search serve` on free loopback ports, pointed at the filled stores.
+
+    In a folder of its own below workdir, not workdir itself: stopping the service stops
+    every process that names its folder, and the stores' processes name theirs (one run's
+    second service started without its MariaDB, stopped with the first)."""
+    folder = workdir / "s"  # short: Ray's unix socket paths below it must stay under 107 bytes
+    folder.mkdir(exist_ok=True)
+    return processes.start_service(folder, {
         **stores.env,
         "ISE__STORES__METADATA_URI": stores.metadata_uri,
         "ISE__STORES__VECTORS_URI": stores.vectors_uri,
@@ -583,18 +632,34 @@ def search_paths(rows: Sequence[int]) -> list[str]:
     return [f"/sample/meta/{meta_uuid(k)}?limit={SEARCH_LIMIT}" for k in rows]
 
 
-def measure_http(server: processes.Server, n: int, clients: list[int], requests: int,
-                 file_requests: int, deadline_s: float, rng: np.random.Generator
-                 ) -> dict[str, Any]:  # fmt: skip
-    """Search by stored image at each concurrency; a few uploads searched at 1 client."""
+def measure_stored(server: processes.Server, n: int, clients: list[int], requests: int,
+                   deadline_s: float, rng: np.random.Generator) -> dict[str, Any]:  # fmt: skip
+    """Search by stored image at each concurrency, after a short warm-up, with the CPU each
+    process spent per search (the service's, the stores' beside it, and this load
+    generator's)."""
     out: dict[str, Any] = {}
+    marker = str(server.workdir.parent)  # the run's folder: the service's and the stores'
     warm = search_paths(rng.integers(n, size=20).tolist())
     asyncio.run(drive_get(server.url, warm, 4, deadline_s))
     for c in clients:
         paths = search_paths(rng.integers(n, size=requests).tolist())
+        before = cpu.sample(server.proc.pid, marker)
         res = asyncio.run(drive_get(server.url, paths, c, deadline_s))
-        out[f"stored_c{c}"] = latency_summary(res.latencies_s, res.statuses, res.wall_s)
-        logger.info("  GET /sample/meta x%d clients: %s", c, json.dumps(out[f"stored_c{c}"]))
+        after = cpu.sample(server.proc.pid, marker)
+        summary = latency_summary(res.latencies_s, res.statuses, res.wall_s)
+        summary["cpu"] = cpu.spent(before, after, res.wall_s, len(res.latencies_s))
+        out[f"stored_c{c}"] = summary
+        logger.info("  GET /sample/meta x%d clients: %s", c,
+                    json.dumps({k: v for k, v in summary.items() if k != "cpu"}))  # fmt: skip
+        logger.info("    CPU: %s", cpu.describe(summary["cpu"], top=8))
+    return out
+
+
+def measure_http(server: processes.Server, n: int, clients: list[int], requests: int,
+                 file_requests: int, deadline_s: float, rng: np.random.Generator
+                 ) -> dict[str, Any]:  # fmt: skip
+    """Search by stored image at each concurrency; a few uploads searched at 1 client."""
+    out = measure_stored(server, n, clients, requests, deadline_s, rng)
     photos = [to_jpeg(a) for a in list(real_photos().values())[:file_requests]]
     reqs: list[Request] = [({"file": (f"q{i}.jpg", p, "image/jpeg")}, {"limit": str(SEARCH_LIMIT)})
                            for i, p in enumerate(photos)]  # fmt: skip
@@ -756,7 +821,7 @@ def run_store(kind: str, args: argparse.Namespace, basis: Basis, workdir: Path) 
                                                  lite=stores.kind == "lite")  # fmt: skip
             server = start_service(workdir, stores, choice)
             processes.wait_ready(server, "/readyz", args.ready_timeout)
-            indexer = replica_pids(workdir, "Indexer")
+            indexer = replica_pids(server.workdir, "Indexer")
             rss_start = [rss_mb(p) for p in indexer]
             rng = np.random.default_rng([SEED, 5])
             out["http"] = measure_http(server, args.vectors, args.clients, args.requests,
@@ -769,6 +834,22 @@ def run_store(kind: str, args: argparse.Namespace, basis: Basis, workdir: Path) 
                 "vector_server": tree_rss_mb(stores.vector_pid() or -1),
                 "vector_server_peak": peak.peak or None,
             }  # fmt: skip
+            for ef in args.serve_ef:
+                with SIGNALS.uninterrupted():
+                    processes.stop(server)
+                server = None
+                params = {**choice.search_params, "ef": ef}
+                other = IndexChoice(choice.index_type, choice.index_params, params,
+                                    choice.consistency)  # fmt: skip
+                logger.info("  the service again with %s", other.label())
+                server = start_service(workdir, stores, other)
+                processes.wait_ready(server, "/readyz", args.ready_timeout)
+                at = measure_stored(server, args.vectors, args.clients, args.requests,
+                                    args.deadline, rng)  # fmt: skip
+                at["recall_served"] = served_recall(server, rows, truth[len(fresh) :],
+                                                    args.deadline)  # fmt: skip
+                logger.info("  served recall@10 at ef %d: %s", ef, fmt(at["recall_served"], 4))
+                out.setdefault("http_at_ef", {})[str(ef)] = at
     finally:
         if server is not None:
             with SIGNALS.uninterrupted():
@@ -821,6 +902,12 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> list[str]
         last = max(idx) if idx else None
         lines.append(f"{r['store']}: Indexer RSS MB after start {fmt(first)}, "
                      f"after the searches and lists {fmt(last)}")  # fmt: skip
+        for ef, at in r.get("http_at_ef", {}).items():
+            runs = [(c, at[f"stored_c{c}"]) for c in args.clients]
+            cells = [f"{fmt(m['p50_ms'])}/{fmt(m['p99_ms'])} ms ({fmt(m['req_s'], 1)}/s) x{c}"
+                     for c, m in runs]  # fmt: skip
+            lines.append(f"{r['store']}: served at ef {ef}: " + ", ".join(cells)
+                         + f"; recall served {fmt(at['recall_served'], 4)}")  # fmt: skip
         http_lists = {k: v["p50_ms"] for k, v in r["http"].items() if k.startswith("GET ")}
         lines.append(f"{r['store']}: HTTP p50 ms: " +
                      ", ".join(f"{k[4:]} {fmt(v, 1)}" for k, v in http_lists.items()))  # fmt: skip
@@ -858,6 +945,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Milvus server: seal segments near this size in MB (0: its default)",
     )
     ap.add_argument("--ef-sweep", default="64,256,512", help="more HNSW ef to measure recall at")
+    ap.add_argument("--serve-ef", default="",
+                    help="HNSW ef to serve again with after the configured one (HTTP searches "
+                         "by stored image and served recall at each), e.g. 64")  # fmt: skip
     ap.add_argument("--ready-timeout", type=float, default=600.0)
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "ise-search-scale")
     ap.add_argument("--keep", action="store_true", help="keep the work folders")
@@ -867,8 +957,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, key, value)
     args.clients = [int(c) for c in str(args.clients).split(",") if c]
     args.ef_sweep = [int(e) for e in str(args.ef_sweep).split(",") if e]
+    args.serve_ef = [int(e) for e in str(args.serve_ef).split(",") if e]
     if args.index_type != "HNSW":
-        args.ef_sweep = []
+        args.ef_sweep, args.serve_ef = [], []
     args.queries = min(args.queries, args.vectors)
     return args
 
@@ -891,7 +982,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     try:
         for kind in kinds:
-            workdir = Path(tempfile.mkdtemp(prefix=f"ise-scale-{kind}-"))
+            workdir = Path(tempfile.mkdtemp(prefix=f"ise-ss-{kind}-", dir="/tmp"))
             try:
                 results.append(run_store(kind, args, basis, workdir))
             finally:

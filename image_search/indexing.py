@@ -548,7 +548,8 @@ class IndexService:
     def stored_vectors(self, meta_uuids: Sequence[str]) -> list[np.ndarray | SearchEngineError]:
         """stored_vector for each, with one vector read for all: a NotFound (or a missing
         vector) is that image's error, not the others'."""
-        records = [self.stores.metadata.get(uuid) for uuid in meta_uuids]
+        rows = self.stores.metadata.get_many(meta_uuids)
+        records = [rows.get(uuid) for uuid in meta_uuids]
         ids = list({r.milvus_id for r in records if r is not None})
         # At the searches' consistency first: a committed row's vector was written before
         # the row, so only a vector written by another process a moment ago can be missed,

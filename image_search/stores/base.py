@@ -210,6 +210,10 @@ class MetadataStore(Protocol):
         ...
 
     def get(self, meta_uuid: str) -> ImageRecord | None: ...
+    def get_many(self, meta_uuids: Sequence[str]) -> dict[str, ImageRecord]:
+        """get() for each, in one query: the rows found, by meta_uuid."""
+        ...
+
     def page(
         self, offset: int, limit: int, tags: Sequence[str] = (), before: int | None = None
     ) -> list[ImageRecord]:

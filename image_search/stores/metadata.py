@@ -724,6 +724,12 @@ class SqlMetadataStore:
         rows = self._records(select(*IMAGE_COLUMNS).where(Image.meta_uuid == meta_uuid))
         return rows[0] if rows else None
 
+    def get_many(self, meta_uuids: Sequence[str]) -> dict[str, ImageRecord]:
+        if not meta_uuids:
+            return {}
+        stmt = select(*IMAGE_COLUMNS).where(Image.meta_uuid.in_(list(set(meta_uuids))))
+        return {rec.meta_uuid: rec for rec in self._records(stmt)}
+
     def page(
         self, offset: int, limit: int, tags: Sequence[str] = (), before: int | None = None
     ) -> list[ImageRecord]:

@@ -57,6 +57,14 @@ def test_duplicate_meta_uuid_conflicts(metadata_store: MetadataStore) -> None:
     assert metadata_store.existing_uuids(["same", "other"]) == {"same"}
 
 
+def test_get_many_returns_the_rows_found_by_uuid(metadata_store: MetadataStore) -> None:
+    recs = [metadata_store.add(new_image(n)) for n in range(3)]
+    got = metadata_store.get_many(["uuid-2", "nope", "uuid-0", "uuid-2"])
+    assert got == {"uuid-2": recs[2], "uuid-0": recs[0]}
+    assert got["uuid-0"] == metadata_store.get("uuid-0")
+    assert metadata_store.get_many([]) == {}
+
+
 def test_list_newest_first_with_paging(metadata_store: MetadataStore) -> None:
     for n in range(5):
         metadata_store.add(new_image(n))

@@ -6,6 +6,8 @@ No server and no model: the views are random unit vectors, the metadata store is
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +122,35 @@ def test_short_mode_is_small_and_on_the_embedded_store() -> None:
     assert full.index_type == "HNSW" and "ef" in full.search_params
 
 
+def test_serve_ef_is_parsed_and_reported_beside_the_configured_ef() -> None:
+    args = ss.parse_args(["--serve-ef", "64,32", "--clients", "1,16"])
+    assert args.serve_ef == [64, 32]
+    assert ss.parse_args(["--serve-ef", "64", "--index-type", "IVF_FLAT"]).serve_ef == []
+
+    def stored(p50: float, p99: float, rate: float) -> dict[str, object]:
+        return {"n": 10, "p50_ms": p50, "p99_ms": p99, "req_s": rate, "non_200": {}}
+
+    timing = {"small": {"get": 1.0}, "large": {"get": 2.0}}
+    result = {
+        "store": "server", "index": "HNSW ef=128", "fill": {"insert_s": 1.0, "index_wait_s": 2.0},
+        "http": {"stored_c1": stored(30, 40, 30.0), "stored_c16": stored(90, 140, 170.0),
+                 "file_c1": stored(35, 45, 25.0)},
+        "recall_served": 0.99, "recall_direct": [{"params": {"ef": 128}, "recall": 0.99,
+                                                  "p50_ms": 2.0, "p99_ms": 3.0}],
+        "rss_mb": {"indexer_start": [250.0], "indexer_end": [260.0], "vector_server": 1.0,
+                   "vector_server_peak": 2.0},
+        "metadata_ms": timing,
+        "http_at_ef": {"64": {"stored_c1": stored(20, 30, 40.0),
+                              "stored_c16": stored(70, 95, 200.0), "recall_served": 0.985}},
+    }  # fmt: skip
+    lines = ss.report([result], args)
+    want = (
+        "server: served at ef 64: 20/30 ms (40.0/s) x1, 70/95 ms (200.0/s) x16; "
+        "recall served 0.9850"
+    )
+    assert want in lines, lines
+
+
 def test_metadata_scale_runs_and_reports_the_baselines(tmp_path: Path) -> None:
     """bench.metadata_scale end to end on SQLite, tiny: every query at both sizes, the
     kept count and the cursor pages beside their baselines (no timing asserted)."""
@@ -136,3 +167,19 @@ def test_metadata_scale_runs_and_reports_the_baselines(tmp_path: Path) -> None:
         assert all(ms > 0 for ms in result[size].values())
     lines = metadata_scale.report([result], 100)
     assert any("count is" in line and "faster than count rows" in line for line in lines)
+
+
+def test_wait_quiet_waits_out_a_busy_store_and_not_an_idle_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ss, "QUIET_WINDOW_S", 0.3)
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert ss.wait_quiet(lambda: idle.pid, max_s=5.0) < 1.0  # one window
+        assert ss.wait_quiet(lambda: busy.pid, max_s=1.5) >= 1.5  # busy to the end
+        assert ss.wait_quiet(lambda: None, max_s=5.0) < 1.0  # no process of its own
+    finally:
+        for p in (busy, idle):
+            p.kill()
+            p.wait()

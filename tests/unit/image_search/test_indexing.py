@@ -402,6 +402,11 @@ def test_searches_made_together_get_what_each_gets_alone(
     assert isinstance(vectors, MemoryVectorIndex)
     vectors.batches.clear()
     row_queries = counted_row_queries(svc, monkeypatch)
+    md = svc.stores.metadata
+    uuid_reads: list[list[str]] = []
+    real_get_many = md.get_many
+    monkeypatch.setattr(md, "get", lambda uuid: pytest.fail(f"one row read for {uuid}"))
+    monkeypatch.setattr(md, "get_many", lambda u: uuid_reads.append(list(u)) or real_get_many(u))
     together = svc.search_global(queries)
     assert isinstance(together[4], NotFound) and isinstance(alone[4], NotFound)
     assert [r for i, r in enumerate(together) if i != 4] == [
@@ -413,3 +418,4 @@ def test_searches_made_together_get_what_each_gets_alone(
     assert len(thresholded) == 1 and len(deep) == 7  # 9 rows, from the third on
     assert sorted(vectors.batches) == [1, 4]  # fetch 19 for four queries, 48 for the last
     assert len(row_queries) == 1
+    assert uuid_reads == [["m4", "nope"]]  # the stored images' rows in one query

@@ -23,9 +23,11 @@ image bytes are not written: search by a stored image reads the row and the vect
 object, so the object store stays empty (GET /files and thumbnails of these rows would 404).
 
 What is measured, per store ("server": the test plugin's Milvus 2.3.5 standalone with HNSW +
-MariaDB; "lite": Milvus Lite + SQLite, the embedded default): insert and index build time;
+MariaDB; "lite": Milvus Lite + SQLite, the embedded default): insert and index build time,
+and how long the vector store then works on its own (measuring waits for it to be quiet);
 GET /sample/meta/{meta_uuid}?limit=10 p50/p99 at 1 and 16 clients (loopback, bounded in count
-and time); a few POST /sample/file at 1 client (the model's share); recall@10 of the served
+and time) with each process's CPU per search, again at each --serve-ef; a few POST
+/sample/file at 1 client (the model's share); recall@10 of the served
 results and of VectorIndex.search (several ef) against exact brute force (numpy); RSS of the
 Indexer replica and of the vector server; the metadata store's queries at 10k rows and at N.
 Baselines: exact search for recall, a 10k-row database for the metadata queries.
@@ -72,9 +74,10 @@ MIX_MAX = 0.5  # how far towards a second real view a vector may be mixed
 NOISE_SCALE = 0.5  # noise spread relative to the real views' spread, per principal direction
 PCA_RANK = 128  # principal directions the noise is drawn in
 GEN_CHUNK = 10_000  # vectors generated at once (and the unit of regeneration)
-# After its indexes are built, a Milvus server may go on working on its own (compacting small
-# segments into larger ones and indexing those: one run's searches were measured beside a
-# core of it). Measuring starts once its process is under QUIET_CORES over QUIET_WINDOW_S.
+# After its indexes are built, a Milvus server goes on working on its own: it rewrites each
+# segment without the delete records the upserts left, merges small segments, and indexes the
+# results (24 minutes of both cores at 1M; one run's searches were measured beside it, at half
+# the throughput). Measuring starts once its process is under QUIET_CORES over QUIET_WINDOW_S.
 QUIET_CORES = 0.15
 QUIET_WINDOW_S = 10.0
 QUIET_MAX_S = 3600.0

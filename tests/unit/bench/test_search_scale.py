@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -176,6 +177,7 @@ def test_wait_quiet_waits_out_a_busy_store_and_not_an_idle_one(
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
+        time.sleep(1.0)  # past the interpreters' start-up, which is not idle
         assert ss.wait_quiet(lambda: idle.pid, max_s=5.0) < 1.0  # one window
         assert ss.wait_quiet(lambda: busy.pid, max_s=1.5) >= 1.5  # busy to the end
         assert ss.wait_quiet(lambda: None, max_s=5.0) < 1.0  # no process of its own

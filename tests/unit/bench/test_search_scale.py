@@ -150,6 +150,11 @@ def test_serve_ef_is_parsed_and_reported_beside_the_configured_ef() -> None:
         "recall served 0.9850"
     )
     assert want in lines, lines
+    # The server stores' settings that move these figures are printed with them.
+    stores = "server: MariaDB's buffer pool 1536 MB, Milvus segments sealed at its defaults"
+    assert stores in lines, lines
+    small = ss.report([result], ss.parse_args(["--mariadb-buffer-mb", "0", "--segment-mb", "64"]))
+    assert "server: MariaDB's buffer pool 32 MB, Milvus segments sealed near 64 MB" in small
 
 
 def test_metadata_scale_runs_and_reports_the_baselines(tmp_path: Path) -> None:

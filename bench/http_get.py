@@ -17,8 +17,6 @@ import contextlib
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-MAX_HEADER_BYTES = 64 * 1024
-
 
 class ProtocolError(Exception):
     """The server's answer is not HTTP/1.1 as this client reads it."""
@@ -73,7 +71,7 @@ class Connection:
     async def get(self, path: str) -> Response:
         reused = self._streams is not None
         try:
-            return await asyncio.wait_for(self._get(path), self.timeout_s)
+            return await asyncio.wait_for(self._read(path), self.timeout_s)
         except (ConnectionError, asyncio.IncompleteReadError):
             await self.close()
             if not reused:
@@ -83,10 +81,17 @@ class Connection:
             raise
         # A kept-alive connection the server had closed meanwhile: a GET may be sent again.
         try:
-            return await asyncio.wait_for(self._get(path), self.timeout_s)
+            return await asyncio.wait_for(self._read(path), self.timeout_s)
         except BaseException:
             await self.close()
             raise
+
+    async def _read(self, path: str) -> Response:
+        try:
+            return await self._get(path)
+        except (asyncio.LimitOverrunError, ValueError) as exc:
+            # headers past the stream's 64 KiB limit, or a length or chunk size not a number
+            raise ProtocolError(str(exc)) from exc
 
     async def _get(self, path: str) -> Response:
         if self._streams is None:
@@ -95,8 +100,6 @@ class Connection:
         writer.write(f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n\r\n".encode())
         await writer.drain()
         head = await reader.readuntil(b"\r\n\r\n")
-        if len(head) > MAX_HEADER_BYTES:
-            raise ProtocolError("headers too long")
         status, fields = _headers(head[:-4])
         if fields.get("transfer-encoding", "").lower() == "chunked":
             body = await _chunked(reader)

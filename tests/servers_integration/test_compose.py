@@ -52,6 +52,16 @@ def test_services_health_and_order(config: dict[str, Any]) -> None:
         assert all(d["condition"] == "service_healthy" for d in depends.values())
 
 
+def test_mysql_caches_its_tables(config: dict[str, Any], tmp_path: Path) -> None:
+    assert "--innodb-buffer-pool-size=1G" in config["services"]["mysql"]["command"]
+    env = tmp_path / ".env"
+    env.write_text(
+        (ROOT / ".env.example").read_text().replace("MYSQL_BUFFER_POOL=1G", "MYSQL_BUFFER_POOL=4G")
+    )
+    sized = compose_config(env)["services"]["mysql"]["command"]
+    assert "--innodb-buffer-pool-size=4G" in sized and "--character-set-server=utf8mb4" in sized
+
+
 def test_app_ports_build_and_settings(config: dict[str, Any]) -> None:
     app = config["services"]["app"]
     ports = {str(p.get("target", p)) if isinstance(p, dict) else p for p in app["ports"]}

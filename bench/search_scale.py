@@ -386,13 +386,14 @@ class Stores:
     endpoint: str  # the gRPC URI
     vector_pid: Callable[[], int | None]
     env: dict[str, str] = field(default_factory=dict)
+    buffer_mb: int | None = None  # MariaDB's InnoDB buffer pool, as the server reports it
     stop: Callable[[], None] = lambda: None
 
 
 def server_stores(workdir: Path, segment_mb: int = 0, buffer_mb: int = 0) -> Stores:
     """The test plugin's Milvus 2.3.5 standalone and MariaDB, on free loopback ports;
     segment_mb > 0: Milvus seals segments of about that size (0: Milvus's default);
-    buffer_mb > 0: MariaDB caches up to that many MB of tables (0: the test server's 32)."""
+    buffer_mb > 0: MariaDB caches up to that many MB of tables (0: the test server's default)."""
     sys.path.insert(0, str(ROOT))  # tests/ is a package of the project, not an installed one
     from tests.servers.mariadb_server import MariaDB
     from tests.servers.milvus import MilvusServer
@@ -424,12 +425,16 @@ def server_stores(workdir: Path, segment_mb: int = 0, buffer_mb: int = 0) -> Sto
             # from the OS's page cache, the slowest step of a search at 16 clients (py-spy:
             # waiting on MariaDB). A production server sizes this to its tables.
             maria.sql(f"SET GLOBAL innodb_buffer_pool_size = {buffer_mb << 20}")
+        # Read back rather than echoed: the report then states what the server holds, whatever
+        # the test server's default is and however MariaDB rounds a resize.
+        [(pool,)] = maria.sql("SELECT @@innodb_buffer_pool_size")
         big, small = maria.create_database("ise_scale"), maria.create_database("ise_small")
     except BaseException:
         stop()
         raise
     return Stores("server", big, small, milvus.uri, milvus.uri,
-                  lambda: milvus.proc.pid if milvus.proc else None, stop=stop)  # fmt: skip
+                  lambda: milvus.proc.pid if milvus.proc else None, stop=stop,
+                  buffer_mb=int(pool) >> 20)  # fmt: skip
 
 
 def lite_stores(workdir: Path) -> Stores:
@@ -814,10 +819,10 @@ def run_store(kind: str, args: argparse.Namespace, basis: Basis, workdir: Path) 
         "vectors": args.vectors,
         "index": choice.label(),
         "segment_mb": args.segment_mb if kind == "server" else None,
-        "mariadb_buffer_mb": args.mariadb_buffer_mb if kind == "server" else None,
     }
     stores = (server_stores(workdir, args.segment_mb, args.mariadb_buffer_mb)
               if kind == "server" else lite_stores(workdir))  # fmt: skip
+    out["mariadb_buffer_mb"] = stores.buffer_mb
     server: processes.Server | None = None
     try:
         with PeakSampler(stores.vector_pid) as peak:
@@ -889,7 +894,8 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> list[str]
     ]
     if any(r["store"] == "server" for r in results):
         sealed = f"near {args.segment_mb} MB" if args.segment_mb else "at its defaults"
-        lines.append(f"server: MariaDB's buffer pool {args.mariadb_buffer_mb or 32} MB, Milvus "
+        pool = next(r.get("mariadb_buffer_mb") for r in results if r["store"] == "server")
+        lines.append(f"server: MariaDB's buffer pool {fmt(pool)} MB, Milvus "
                      f"segments sealed {sealed}")  # fmt: skip
     head = (f"{'store':>6} | {'index':<42} | {'insert s':>8} | {'index s':>7} | "
             + " | ".join(f"{'p50/p99 ms x' + str(c):>16}" for c in args.clients)
@@ -968,7 +974,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Milvus server: seal segments near this size in MB (0: its default)",
     )
     ap.add_argument("--mariadb-buffer-mb", type=int, default=MARIADB_BUFFER_MB,
-                    help="MariaDB: InnoDB buffer pool in MB (0: the test server's 32)")  # fmt: skip
+                    help="MariaDB: InnoDB buffer pool, MB (0: the test server's)")  # fmt: skip
     ap.add_argument("--ef-sweep", default="64,256,512", help="more HNSW ef to measure recall at")
     ap.add_argument("--serve-ef", default="",
                     help="HNSW ef to serve again with after the configured one (HTTP searches "

@@ -150,10 +150,15 @@ def test_serve_ef_is_parsed_and_reported_beside_the_configured_ef() -> None:
         "recall served 0.9850"
     )
     assert want in lines, lines
-    # The server stores' settings that move these figures are printed with them.
+    # The server stores' settings that move these figures are printed with them: the buffer
+    # pool as the server reported it (not the flag), the segment size as configured.
+    result["mariadb_buffer_mb"] = 1536
+    lines = ss.report([result], args)
     stores = "server: MariaDB's buffer pool 1536 MB, Milvus segments sealed at its defaults"
     assert stores in lines, lines
-    small = ss.report([result], ss.parse_args(["--mariadb-buffer-mb", "0", "--segment-mb", "64"]))
+    result["mariadb_buffer_mb"] = 32
+    other = ss.parse_args(["--mariadb-buffer-mb", "1536", "--segment-mb", "64"])
+    small = ss.report([result], other)
     assert "server: MariaDB's buffer pool 32 MB, Milvus segments sealed near 64 MB" in small
 
 

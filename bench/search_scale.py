@@ -420,7 +420,7 @@ def server_stores(workdir: Path, segment_mb: int = 0, buffer_mb: int = 0) -> Sto
         milvus.start()
         maria.start()
         if buffer_mb:
-            # The test server's 32 MB suits tests, not a million rows (the image and content
+            # The test server's small pool suits tests, not a million rows (the image and content
             # tables and their indexes take ~0.9 GB): each search's hit rows were then read
             # from the OS's page cache, the slowest step of a search at 16 clients (py-spy:
             # waiting on MariaDB). A production server sizes this to its tables.

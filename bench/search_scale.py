@@ -892,11 +892,11 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> list[str]
         f"search at scale: {args.vectors:,} vectors of dim 1280 (real views mixed and "
         f"perturbed), limit {SEARCH_LIMIT}; recall@{K} against exact brute force (=1.00)"
     ]
-    if any(r["store"] == "server" for r in results):
+    server = next((r for r in results if r["store"] == "server"), None)
+    if server is not None:
         sealed = f"near {args.segment_mb} MB" if args.segment_mb else "at its defaults"
-        pool = next(r.get("mariadb_buffer_mb") for r in results if r["store"] == "server")
-        lines.append(f"server: MariaDB's buffer pool {fmt(pool)} MB, Milvus "
-                     f"segments sealed {sealed}")  # fmt: skip
+        pool = fmt(server.get("mariadb_buffer_mb"))
+        lines.append(f"server: MariaDB's buffer pool {pool} MB, Milvus segments sealed {sealed}")
     head = (f"{'store':>6} | {'index':<42} | {'insert s':>8} | {'index s':>7} | "
             + " | ".join(f"{'p50/p99 ms x' + str(c):>16}" for c in args.clients)
             + f" | {'file p50 ms':>11} | {'recall served':>13} | {'recall direct':>13} | "

@@ -24,11 +24,10 @@ from image_search.imaging import ImageFacts
 from image_search.indexing import GlobalQuery, Hit, IndexService, IngestItem, SearchPage
 from image_search.planning import Plan, PlanItem
 from image_search.records import ImageRecord, Upload
-from image_search.stores.base import TagCount
+from image_search.stores.base import FLUSH_CHECK_S, TagCount
 
 logger = logging.getLogger("ray.serve")
 T = TypeVar("T")
-FLUSH_CHECK_S = 0.5
 # Single uploads, and untagged searches, that arrive while one batch of them runs go together
 # as the next, up to these many (deployments/coalescing.py): an idle call runs alone at once.
 # 16: the concurrent clients one replica is sized for (max_ongoing_requests leaves room for

@@ -18,6 +18,9 @@ PURGING = "purging"
 # A half-open range [lo, hi) of vector ids: reconcile and re-embed walk a large library in
 # parts (image_search.records.id_parts), so that what they hold grows with a part, not the library.
 IdRange = tuple[int, int]
+# How often a vector index's owner (the Indexer) calls flush_if_due: a few comparisons, so often
+# that a tail searches are paying for goes soon (stores/vectors.py SEARCHED_FLUSH_ROWS).
+FLUSH_CHECK_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,8 @@ class VectorIndex(Protocol):
 
     def flush(self) -> None: ...
     def flush_if_due(self) -> None:
-        """Called periodically by the store's owner: flush a tail of writes once idle."""
+        """Called every FLUSH_CHECK_S by the store's owner: flush a tail of writes once idle,
+        or once searches pay more for it than a flush costs."""
         ...
 
     def ping(self) -> None: ...

@@ -29,13 +29,19 @@ PROP_DIM = "ise.dim"
 # content written to it got its region vectors in the same write); the value names the recipe
 # (image_search.regions), so vectors of another recipe are never mixed in.
 PROP_REGIONS = "ise.regions"
-# Milvus Lite searches rows that are not yet flushed by brute force, ~0.1 ms per row per query
-# (measured: 0.6 s with 5,000 unflushed rows, 25 ms once flushed). Flushing small increments is
-# cheap (~6 ms), so writes are flushed once this many rows are pending or after FLUSH_AFTER_S.
+# Milvus Lite searches rows that are not yet flushed by brute force: every query pays ~0.06 ms
+# of its CPU per such row (16 ms with 256 of them), while a flush costs ~20 ms plus ~0.2 ms per
+# row. So writes are flushed once FLUSH_ROWS are pending, after FLUSH_AFTER_S without writes,
+# or, where searches are paying for the tail, once SEARCHED_FLUSH_ROWS are pending, at the
+# owner's next check (FLUSH_CHECK_S), so that no search runs a flush itself (one may still meet
+# a flush inside Milvus Lite: their p99 is what this rule trades). 64, not fewer: 32 flushed so
+# often that the searches' p99 rose 2.6x (`python -m bench.lite_tail --searched-rows 32`; the
+# README has the figures).
 # A Milvus server is left alone: it searches growing segments itself and seals them on its own,
 # and a flush every second would litter it with tiny segments.
 FLUSH_ROWS = 256
 FLUSH_AFTER_S = 1.0
+SEARCHED_FLUSH_ROWS = 64
 # Milvus refuses a search for more hits than this (its topk limit), whatever the index.
 MAX_TOP_K = 16384
 BOX_FIELDS = ("left", "top", "right", "bottom")  # a region's box, fractions of its image
@@ -90,7 +96,12 @@ class MilvusVectorIndex:
         self.grpc_options = OWN_CHANNEL if keepalive else {**OWN_CHANNEL, **NO_KEEPALIVE}
         self._client: MilvusClient | None = None
         self._lock = threading.Lock()
+        # The unflushed tail (Milvus Lite only): written by the write path, searches and the
+        # owner's flush check, from different threads.
+        self._tail_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         self._pending = 0
+        self._searched = False  # a search ran while rows were pending
         self._last_write = 0.0
         self._lite = False  # Milvus Lite (flushed by us) or a Milvus server; known on connect
         # The region recipe a new collection is created with ("" = none); once connected, the
@@ -201,21 +212,40 @@ class MilvusVectorIndex:
             raise ValueError(f"vectors shape {vectors.shape} != ({len(ids)}, {self.dim})")
         rows = [{"id": int(i), "vector": v.tolist()} for i, v in zip(ids, vectors, strict=True)]
         self._call("upsert", lambda c: c.upsert(self.collection, rows, timeout=self.timeout_s))
+        self._wrote(len(rows))
+
+    def _wrote(self, rows: int) -> None:
         if not self._lite:
             return
-        self._pending += len(rows)
-        self._last_write = time.monotonic()
-        if self._pending >= FLUSH_ROWS:
+        with self._tail_lock:
+            self._pending += rows
+            self._last_write = time.monotonic()
+            full = self._pending >= FLUSH_ROWS
+        if full:
             self.flush()
 
+    def _searching(self) -> None:
+        if self._pending:  # read without the lock: at worst noted one check late
+            self._searched = True
+
     def flush_if_due(self) -> None:
-        """Called periodically by the owner: flush a small tail of writes once idle."""
-        if self._pending and time.monotonic() - self._last_write >= FLUSH_AFTER_S:
+        """Called periodically by the owner: flush the tail of writes once idle, or once
+        searches pay more for it than a flush costs (SEARCHED_FLUSH_ROWS)."""
+        with self._tail_lock:
+            pending, searched = self._pending, self._searched
+            idle = time.monotonic() - self._last_write >= FLUSH_AFTER_S
+        if pending and (idle or (searched and pending >= SEARCHED_FLUSH_ROWS)):
             self.flush()
 
     def flush(self) -> None:
-        self._call("flush", lambda c: c.flush(self.collection, timeout=self._slow_timeout))
-        self._pending = 0
+        with self._flush_lock:  # one at a time, so each takes off only what it flushed
+            with self._tail_lock:
+                flushing = self._pending
+            self._call("flush", lambda c: c.flush(self.collection, timeout=self._slow_timeout))
+            with self._tail_lock:
+                # Rows written while it ran may have missed it: they stay counted.
+                self._pending -= flushing
+                self._searched = False
 
     def search(
         self, vector: np.ndarray, limit: int, ids: Sequence[int] | None = None
@@ -237,6 +267,7 @@ class MilvusVectorIndex:
     def _search(self, vectors: np.ndarray, limit: int, expr: str) -> list[list[VectorHit]]:
         # A list: pymilvus packs a numpy array element by element, slower still.
         data = np.asarray(vectors, dtype=np.float32).tolist()
+        self._searching()
 
         def run(c: MilvusClient) -> list[list[VectorHit]]:
             res = c.search(
@@ -273,6 +304,7 @@ class MilvusVectorIndex:
         params = self.search_params_for(limit)
         params["radius"] = float(radius) + RADIUS_SLACK
         data = np.asarray(vectors, dtype=np.float32).tolist()
+        self._searching()
 
         def run(c: MilvusClient) -> list[list[VectorHit]]:
             res = c.search(
@@ -367,7 +399,9 @@ class MilvusVectorIndex:
     def drop(self) -> None:
         self._call("drop", lambda c: c.drop_collection(self.collection, timeout=self._slow_timeout))
         self._reset()
-        self._pending = 0
+        with self._tail_lock:
+            self._pending = 0
+            self._searched = False
 
 
 def region_row_id(owner: int, part: int) -> int:
@@ -427,11 +461,7 @@ class MilvusRegionIndex(MilvusVectorIndex):
         if not rows:
             return
         self._call("upsert", lambda c: c.upsert(self.collection, rows, timeout=self.timeout_s))
-        if self._lite:
-            self._pending += len(rows)
-            self._last_write = time.monotonic()
-            if self._pending >= FLUSH_ROWS:
-                self.flush()
+        self._wrote(len(rows))
 
     def search_parts(self, vectors: np.ndarray, limit: int) -> list[list[RegionHit]]:
         """For each query row, its `limit` nearest parts, nearest first (one request)."""
@@ -439,6 +469,7 @@ class MilvusRegionIndex(MilvusVectorIndex):
             return []
         data = np.asarray(vectors, dtype=np.float32).tolist()
         params = self.search_params_for(limit)
+        self._searching()
 
         def run(c: MilvusClient) -> list[list[RegionHit]]:
             res = c.search(

@@ -1,4 +1,5 @@
-"""The search parameters MilvusVectorIndex sends, for any page size (no Milvus needed)."""
+"""The search parameters MilvusVectorIndex sends, for any page size, and when it flushes
+Milvus Lite's tail of writes (no Milvus needed)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ import numpy as np
 import pytest
 
 from image_search.stores.base import VectorHit
-from image_search.stores.vectors import MAX_TOP_K, MilvusVectorIndex
+from image_search.stores.vectors import (
+    FLUSH_AFTER_S,
+    FLUSH_ROWS,
+    MAX_TOP_K,
+    SEARCHED_FLUSH_ROWS,
+    MilvusVectorIndex,
+)
 
 
 def index(index_type: str = "HNSW", **search_params: Any) -> MilvusVectorIndex:
@@ -108,3 +115,86 @@ def test_a_lite_path_gets_no_keepalive_pings_and_a_server_keeps_them(
     assert local.uri == "http://l:2"
     assert local.grpc_options == {**OWN_CHANNEL, **NO_KEEPALIVE}
     assert local.grpc_options["grpc.keepalive_permit_without_calls"] == 0
+
+
+class TailClient(RecordingClient):
+    """Also records upserts and flushes; `during_flush` runs inside a flush (a write racing it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushes = 0
+        self.during_flush: Any = None
+
+    def upsert(self, collection: str, rows: list[dict[str, Any]], **kwargs: Any) -> None:
+        pass
+
+    def flush(self, collection: str, **kwargs: Any) -> None:
+        self.flushes += 1
+        if self.during_flush is not None:
+            write, self.during_flush = self.during_flush, None
+            write()
+
+
+def lite_index() -> tuple[MilvusVectorIndex, TailClient]:
+    idx = index(ef=128)
+    client = TailClient()
+    idx._client = client  # type: ignore[assignment]
+    idx._lite = True  # Milvus Lite: the tail is ours to flush
+    return idx, client
+
+
+def rows(n: int) -> tuple[list[int], np.ndarray]:
+    return list(range(n)), np.ones((n, 4), dtype=np.float32)
+
+
+def test_a_tail_searches_pay_for_is_flushed_at_the_next_check() -> None:
+    idx, client = lite_index()
+    idx.upsert(*rows(SEARCHED_FLUSH_ROWS))
+    idx.flush_if_due()
+    assert client.flushes == 0  # writes still arriving, nobody searching: left to grow
+    idx.search(np.ones(4, dtype=np.float32), 10)
+    assert client.flushes == 0  # the search itself never waits on a flush
+    idx.flush_if_due()
+    assert client.flushes == 1 and idx._pending == 0
+    idx.search(np.ones(4, dtype=np.float32), 10)  # nothing pending: nothing to note
+    idx.upsert(*rows(1))
+    idx.flush_if_due()
+    assert client.flushes == 1  # the search came before this row, not while it waited
+
+
+def test_a_short_tail_waits_for_a_quiet_second_even_when_searched(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from image_search.stores import vectors
+
+    idx, client = lite_index()
+    idx.upsert(*rows(SEARCHED_FLUSH_ROWS - 1))
+    idx.search(np.ones(4, dtype=np.float32), 10)
+    idx.flush_if_due()
+    assert client.flushes == 0  # cheaper for searches to brute-force than to flush
+    later = vectors.time.monotonic() + FLUSH_AFTER_S
+    monkeypatch.setattr(vectors.time, "monotonic", lambda: later)
+    idx.flush_if_due()
+    assert client.flushes == 1 and idx._pending == 0
+
+
+def test_a_full_tail_is_flushed_by_the_write_and_a_server_is_left_alone() -> None:
+    idx, client = lite_index()
+    idx.upsert(*rows(FLUSH_ROWS - 1))
+    assert client.flushes == 0
+    idx.upsert(*rows(1))
+    assert client.flushes == 1 and idx._pending == 0
+    server, on_server = lite_index()
+    server._lite = False
+    server.upsert(*rows(FLUSH_ROWS))
+    server.search(np.ones(4, dtype=np.float32), 10)
+    server.flush_if_due()
+    assert on_server.flushes == 0 and server._pending == 0
+
+
+def test_rows_written_while_a_flush_runs_stay_pending() -> None:
+    idx, client = lite_index()
+    idx.upsert(*rows(SEARCHED_FLUSH_ROWS))
+    client.during_flush = lambda: idx.upsert(*rows(3))
+    idx.flush()
+    assert idx._pending == 3  # it may have missed them: a later flush takes them

@@ -18,8 +18,9 @@ PURGING = "purging"
 # A half-open range [lo, hi) of vector ids: reconcile and re-embed walk a large library in
 # parts (image_search.records.id_parts), so that what they hold grows with a part, not the library.
 IdRange = tuple[int, int]
-# How often a vector index's owner (the Indexer) calls flush_if_due: a few comparisons, so often
-# that a tail searches are paying for goes soon (stores/vectors.py SEARCHED_FLUSH_ROWS).
+# How often a vector index's owner (the Indexer) calls flush_if_due: a few comparisons, so run
+# often enough that a tail which searches are paying for is flushed soon (stores/vectors.py,
+# SEARCHED_FLUSH_ROWS).
 FLUSH_CHECK_S = 0.1
 
 

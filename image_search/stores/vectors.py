@@ -243,8 +243,9 @@ class MilvusVectorIndex:
                 flushing = self._pending
             self._call("flush", lambda c: c.flush(self.collection, timeout=self._slow_timeout))
             with self._tail_lock:
-                # Rows written while it ran may have missed it: they stay counted.
-                self._pending -= flushing
+                # Rows written while it ran may have missed it: they stay counted (never below
+                # zero: a drop() meanwhile has already cleared the count).
+                self._pending = max(0, self._pending - flushing)
                 self._searched = False
 
     def search(

@@ -198,3 +198,11 @@ def test_rows_written_while_a_flush_runs_stay_pending() -> None:
     client.during_flush = lambda: idx.upsert(*rows(3))
     idx.flush()
     assert idx._pending == 3  # it may have missed them: a later flush takes them
+
+
+def test_a_drop_during_a_flush_leaves_no_negative_count() -> None:
+    idx, client = lite_index()
+    idx.upsert(*rows(SEARCHED_FLUSH_ROWS))
+    client.during_flush = lambda: setattr(idx, "_pending", 0)  # what drop() does to the count
+    idx.flush()
+    assert idx._pending == 0

@@ -41,6 +41,7 @@ import numpy as np
 from bench import cpu
 from bench.compare import SIGNALS
 from bench.processes import free_port
+from bench.search_scale import percentile
 from image_search.stores import vectors
 from image_search.stores.base import FLUSH_CHECK_S
 from image_search.stores.lite_server import ensure_lite_server, stop_lite_server
@@ -132,13 +133,13 @@ def _drive(
     wall_s = time.monotonic() - began
     use = cpu.spent(before, cpu.sample(-1, marker), wall_s, len(latencies))
     lite_ms = use["by_role_ms"].get("Milvus Lite", 0.0)
-    latencies.sort()
+    ms = [1000 * s for s in latencies]
     return {
         "searches": len(latencies),
         "lite_cores": lite_ms * len(latencies) / 1000 / wall_s,
         "lite_ms_per_search": lite_ms,
-        "p50_ms": 1000 * latencies[len(latencies) // 2] if latencies else None,
-        "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)] if latencies else None,
+        "p50_ms": percentile(ms, 50),
+        "p99_ms": percentile(ms, 99),
     }
 
 

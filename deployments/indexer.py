@@ -69,15 +69,26 @@ class Indexer:
             self._ready = True
 
     def _flush_loop(self) -> None:
+        failing = False
         while True:  # a daemon thread: ends with the replica
             time.sleep(FLUSH_CHECK_S)
-            try:
-                self.svc.stores.vectors.flush_if_due()
-                regions = self.svc.region_index()
-                if regions is not None:  # its tail of parts, too
-                    regions.flush_if_due()
-            except SearchEngineError as exc:
-                logger.warning("periodic flush failed: %s", exc.message)
+            failing = self._flush_due(failing)
+
+    def _flush_due(self, failing: bool) -> bool:
+        """One check of the vector indexes' flush rules; returns whether it failed. An outage is
+        logged once when it starts and once when it ends, not at every check (ten a second)."""
+        try:
+            self.svc.stores.vectors.flush_if_due()
+            regions = self.svc.region_index()
+            if regions is not None:  # its tail of parts, too
+                regions.flush_if_due()
+        except SearchEngineError as exc:
+            if not failing:
+                logger.warning("periodic flush failing: %s", exc.message)
+            return True
+        if failing:
+            logger.info("periodic flush works again")
+        return False
 
     def _item(self, upload: Upload, data: bytes, facts: ImageFacts,
               embedding: Embedding | None) -> IngestItem:  # fmt: skip

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from image_search.errors import Conflict, NotFound
+from image_search.errors import Conflict, NotFound, StoreUnavailable
 from image_search.imaging import content_info
 from image_search.records import ImageRecord, Upload
 from tests.unit.deployments.conftest import Service, jpeg
@@ -74,3 +75,31 @@ def test_concurrent_searches_are_made_together_and_answer_each_caller_its_own(
     # A tag filter is searched on its own, outside the batch (no image carries this one).
     tagged = asyncio.run(indexer.search_stored("u0", 0, 1, None, ("x",)))
     assert tagged == [] and batches == [3]
+
+
+def test_a_store_outage_is_logged_once_by_the_flush_check_not_ten_times_a_second(
+    service: Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    indexer = service.flows.indexer._target
+    checks: list[str] = []
+
+    def down() -> None:
+        checks.append("down")
+        raise StoreUnavailable("refused", "vectors")
+
+    serve_log = logging.getLogger("ray.serve")  # Ray may stop it propagating to the root
+    serve_log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="ray.serve"):
+            service.vectors.flush_if_due = down  # type: ignore[method-assign]
+            failing = False
+            for _ in range(20):  # two seconds of checks
+                failing = indexer._flush_due(failing)
+            assert failing and len(checks) == 20  # every check still tries
+            del service.vectors.flush_if_due  # the store's own again: it answers
+            assert indexer._flush_due(failing) is False
+    finally:
+        serve_log.removeHandler(caplog.handler)
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if "flush" in r.getMessage()]
+    assert said == [("WARNING", "periodic flush failing: refused"),
+                    ("INFO", "periodic flush works again")]  # fmt: skip

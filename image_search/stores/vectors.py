@@ -229,8 +229,7 @@ class MilvusVectorIndex:
             self._searched = True
 
     def flush_if_due(self) -> None:
-        """Called periodically by the owner: flush the tail of writes once idle, or once
-        searches pay more for it than a flush costs (SEARCHED_FLUSH_ROWS)."""
+        """VectorIndex.flush_if_due, by the rules above FLUSH_ROWS (Milvus Lite only)."""
         with self._tail_lock:
             pending, searched = self._pending, self._searched
             idle = time.monotonic() - self._last_write >= FLUSH_AFTER_S

@@ -179,6 +179,14 @@ def test_serve_transport_is_that_of_a_local_cluster(manifest: dict[str, Any]) ->
         assert {k: env.get(k) for k in SERVE_TRANSPORT_ENV} == SERVE_TRANSPORT_ENV
 
 
+def test_image_sets_the_serve_transport_itself() -> None:
+    # In the image `ray start` starts Serve's processes, not `image-search serve`: the
+    # Dockerfile's ENV must carry the same values, or compose would run another service.
+    text = (ROOT / "Dockerfile").read_text()
+    for key, value in SERVE_TRANSPORT_ENV.items():
+        assert re.search(rf"^\s*{key}={value}\s*\\?$", text, re.MULTILINE), key
+
+
 def secret_refs(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return [e["valueFrom"]["secretKeyRef"] for c in ray_containers(doc) for e in env_of(c)
             if "secretKeyRef" in e.get("valueFrom", {})]  # fmt: skip

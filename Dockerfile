@@ -15,12 +15,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     # The proxy's body limits (deployments.admission): `image-search serve` sets this for a
     # local Ray, but here `ray start` starts the proxy, so the image must set it itself.
     RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=deployments.admission.proxy_middlewares \
-    # Serve's transport between its processes and within each
-    # (deployments.cluster.SERVE_TRANSPORT_ENV), for the same reason.
+    # Serve's transport between its processes (deployments.cluster.SERVE_TRANSPORT_ENV), for
+    # the same reason.
     RAY_SERVE_USE_GRPC_BY_DEFAULT=1 \
     RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH=2147483647 \
-    RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0 \
-    RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0 \
     ISE_CONFIG=/app/config.yaml
 
 WORKDIR /app

@@ -141,10 +141,19 @@ def serve_config_block(serve_config: Mapping[str, Any]) -> str:
         "# Generated from serve_config.yaml by deploy/render.py (K8S_SERVE_OVERRIDES applied);\n"
         "# edit serve_config.yaml, then re-render.\n"
     )
-    body = yaml.safe_dump(
-        k8s_serve_config(serve_config), sort_keys=False, default_flow_style=False, width=100
-    )
+    body = yaml.dump(
+        k8s_serve_config(serve_config), Dumper=_NoAliases, sort_keys=False,
+        default_flow_style=False, width=100,
+    )  # fmt: skip
     return header + body
+
+
+class _NoAliases(yaml.SafeDumper):
+    """Every value written out where it is used: serve_config.yaml shares one env_vars mapping
+    between its deployments (a YAML anchor), which would otherwise come out as &id001."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def env_block(path: Path = ENV_TEMPLATE) -> str:

@@ -15,31 +15,35 @@ from image_search.stores import is_vectors_server
 if TYPE_CHECKING:
     from image_search.config import Settings
 
-# How Serve moves a request between its processes and within each, read by every Ray process
-# when it starts (so it must be in the environment of each node's raylet: `image-search serve`
-# sets it for a local cluster, the Dockerfile, the KubeRay manifests and docs/multinode.md for
-# the others).
+# How Serve moves a request between its processes, read by every Ray process when it starts
+# (so it must be in the environment of each node's raylet: `image-search serve` sets it for a
+# local cluster, the Dockerfile, the KubeRay manifests and docs/multinode.md for the others).
 # The calls go over Serve's gRPC transport, by value, instead of as Ray actor tasks with their
 # object-store and ownership bookkeeping: the transport of Ray's documented high-throughput
-# mode (RAY_SERVE_THROUGHPUT_OPTIMIZED, not taken whole: it also holds log lines back in a
-# buffer). The price: a pending result passed into the next call is fetched by the caller and
-# sent on, so an upload's pixels (150 kB) go from the Decoder to the Embedder through the
-# Ingress. Measured with bench.compare on 2 cores (README, "How it works", the transport
-# table): faster at every load all the same, and keeping that one hop on the object store
-# (by-reference calls for it) gave most of the gain back. gRPC caps a message at 4 MiB unless
-# told otherwise, which would fail every photo bigger than that; the cap is raised to gRPC's
-# own ceiling, as Ray's actor calls have none: the body limits (deployments.admission) bound
-# what a request can carry.
-# Within a replica, two more of that mode's switches: our code runs on the replica's own event
-# loop and a handle call is routed on the caller's loop, instead of each in a thread of its
-# own with a hand-over between threads at every call and answer (an upload makes three calls).
-# Our slow steps already run in threads (the decode, the model, the stores); what stays on the
-# loop is short: hashing an upload, 2.5 ms a megabyte (50 ms for the largest one allowed).
-# Measured with bench.compare, alternated: 7-12% more uploads a second at 1 to 16 clients for
-# 1600x1200 photos (README, "How it works").
+# mode (RAY_SERVE_THROUGHPUT_OPTIMIZED), taken alone. The price: a pending result passed into
+# the next call is fetched by the caller and sent on, so an upload's pixels (150 kB) go from the
+# Decoder to the Embedder through the Ingress. Measured with bench.compare on 2 cores (README,
+# "How it works", the transport table): faster at every load all the same, and keeping that
+# one hop on the object store (by-reference calls for it) gave most of the gain back. gRPC
+# caps a message at 4 MiB unless told otherwise, which would fail every photo bigger than
+# that; the cap is raised to gRPC's own ceiling, as Ray's actor calls have none: the body
+# limits (deployments.admission) bound what a request can carry.
+# Two more of that mode's switches are for the replicas alone, so they are set on them
+# (REPLICA_LOOP_ENV) and not here: every process reads these.
 SERVE_TRANSPORT_ENV = {
     "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
     "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(2**31 - 1),
+}
+
+# In each replica (serve_config.yaml gives every deployment these env_vars; a unit test keeps
+# them equal): our code runs on the replica's own event loop, and a handle call is routed on
+# the caller's loop, instead of each on a loop in a thread of its own with a hand-over between
+# threads at every call and answer (an upload makes three). Our slow steps run in threads
+# anyway (the decode, the model, the stores); what stays on the loop is short: hashing an
+# upload, 2.5 ms a megabyte (50 ms for the largest one allowed). Measured with bench.compare,
+# alternated with Ray's defaults (README, "How it works"). Not in every process: there the
+# second one makes a handle used outside an event loop (a script's `.result()`) raise.
+REPLICA_LOOP_ENV = {
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
 }

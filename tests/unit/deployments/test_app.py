@@ -7,6 +7,7 @@ import importlib
 import yaml
 
 from deployments.app import build_app, serve_config_options
+from deployments.cluster import LOCAL_RAY_ENV, REPLICA_LOOP_ENV, SERVE_TRANSPORT_ENV
 from image_search.embedding import ALLOCATOR_ENV
 from tests.conftest import ROOT
 
@@ -21,9 +22,20 @@ def test_serve_config_points_at_the_builder_and_names_every_deployment() -> None
 
 def test_embedder_runs_with_the_engines_allocator_settings() -> None:
     embedder = serve_config_options(ROOT / "serve_config.yaml")["Embedder"]
-    assert embedder["ray_actor_options"]["runtime_env"]["env_vars"] == ALLOCATOR_ENV
+    env = embedder["ray_actor_options"]["runtime_env"]["env_vars"]
+    assert {k: env.get(k) for k in ALLOCATOR_ENV} == ALLOCATOR_ENV
     # A batch can only fill when a replica may hold at least that many requests.
     assert embedder["max_ongoing_requests"] >= embedder["user_config"]["max_batch_size"]
+
+
+def test_every_replica_runs_our_code_and_its_handles_on_its_own_loop() -> None:
+    # Set on the replicas, not on the cluster: in a driver the router switch would make a
+    # handle's `.result()` outside an event loop raise (deployments.cluster.REPLICA_LOOP_ENV).
+    for name, options in serve_config_options(ROOT / "serve_config.yaml").items():
+        env = options["ray_actor_options"]["runtime_env"]["env_vars"]
+        assert {k: env.get(k) for k in REPLICA_LOOP_ENV} == REPLICA_LOOP_ENV, name
+    for key in REPLICA_LOOP_ENV:
+        assert key not in SERVE_TRANSPORT_ENV and key not in LOCAL_RAY_ENV
 
 
 def test_build_app_binds_the_four_deployments_with_the_given_options() -> None:

@@ -17,7 +17,6 @@ import argparse
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deployments.cluster import free_port
 from image_search.embedding import ALLOCATOR_ENV
 
 logger = logging.getLogger("bench.backfill")
@@ -48,12 +48,6 @@ def _baseline(folder: Path, batch: int, threads: int) -> dict[str, float]:
     return {"img_s": len(files) / elapsed, "load_s": loaded - started, "seconds": elapsed}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _run_baseline(folder: Path, args: argparse.Namespace) -> dict[str, float]:
     cmd = [sys.executable, "-m", "bench.backfill", "--worker", str(folder),
            "--batch-size", str(args.batch_size), "--threads", str(args.threads)]  # fmt: skip
@@ -69,7 +63,7 @@ def _run_backfill(
     from image_search.stores.lite_server import ensure_lite_server, stop_lite_server
 
     data = work / f"data-{actors}"
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "ISE__STORES__METADATA_URI": f"sqlite:///{data}/meta.db",

@@ -43,6 +43,7 @@ from PIL import Image
 from bench import cpu, processes
 from bench.loadgen import Outcome, Request, drive
 from bench.photos import real_photos, to_jpeg
+from deployments.cluster import free_port
 
 logger = logging.getLogger("bench.compare")
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,12 +137,12 @@ def start_ours(workdir: Path, serve_args: Sequence[str] = ()) -> processes.Serve
     return processes.start_service(workdir, {
         "ISE__STORES__METADATA_URI": f"sqlite:///{workdir}/meta.db",
         "ISE__STORES__VECTORS_URI": f"{workdir}/vectors.db",
-        "ISE__STORES__LITE_PORT": str(processes.free_port()),
+        "ISE__STORES__LITE_PORT": str(free_port()),
     }, serve_args)  # fmt: skip
 
 
 def start_reference(workdir: Path) -> processes.Server:
-    port = processes.free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "bench.reference_server", "--port", str(port),
            "--data", str(workdir / "data")]  # fmt: skip
     return processes.start("ref", cmd, f"http://127.0.0.1:{port}", workdir, dict(os.environ),

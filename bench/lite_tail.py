@@ -40,8 +40,8 @@ import numpy as np
 
 from bench import cpu
 from bench.compare import SIGNALS
-from bench.processes import free_port
 from bench.search_scale import percentile
+from deployments.cluster import free_port
 from image_search.stores import vectors
 from image_search.stores.base import FLUSH_CHECK_S
 from image_search.stores.lite_server import ensure_lite_server, stop_lite_server

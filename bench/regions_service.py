@@ -34,6 +34,7 @@ import numpy as np
 from bench import processes
 from bench.compare import start_ours
 from bench.evalset import GROUPS, EvalSet, IndexImage, Query, load
+from deployments.cluster import free_port
 
 logger = logging.getLogger("bench.regions_service")
 BATCH = 16
@@ -99,7 +100,7 @@ def region_vectors(workdir: Path) -> tuple[int, int]:
     from image_search.stores import open_regions
     from image_search.stores.lite_server import ensure_lite_server, stop_lite_server
 
-    db, port = workdir / "vectors.db", processes.free_port()
+    db, port = workdir / "vectors.db", free_port()
     ensure_lite_server(db, port)
     try:
         overrides = {"stores.vectors_uri": str(db), "stores.lite_port": port}

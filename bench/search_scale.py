@@ -64,6 +64,7 @@ from bench.compare import SIGNALS, machine
 from bench.edits import EDITS
 from bench.loadgen import Request, drive
 from bench.photos import real_photos, to_jpeg
+from deployments.cluster import free_port
 
 logger = logging.getLogger("bench.search_scale")
 
@@ -441,7 +442,7 @@ def lite_stores(workdir: Path) -> Stores:
     """Milvus Lite (served locally, as the service runs it) and SQLite: the embedded default."""
     from image_search.stores.lite_server import _read_state, ensure_lite_server, stop_lite_server
 
-    data, port = workdir / "vectors.db", processes.free_port()
+    data, port = workdir / "vectors.db", free_port()
     endpoint = ensure_lite_server(data, port)
 
     def pid() -> int | None:

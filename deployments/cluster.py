@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import sys
 from collections.abc import Callable
@@ -93,12 +94,45 @@ def use_direct_ingress(api_port: int) -> bool:
     return os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1"
 
 
-def free_port(host: str) -> int:
-    """A port free on `host` now (the OS's choice)."""
+# Where free_port looks: above Ray's worker ports (10002-19999 by default) and below Serve's
+# direct-ingress HTTP ports (30000-31000) and Linux's ephemeral range (32768-60999 by default).
+_PICK_FROM = range(20000, 30000)
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_handed_out: set[int] = set()
+
+
+def _ephemeral_ports() -> range:
+    try:
+        low, high = (int(part) for part in _EPHEMERAL_RANGE.read_text().split())
+    except (OSError, ValueError):
+        return range(32768, 61000)
+    return range(low, high + 1)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on `host` now, for a server to listen on moments later.
+
+    Not the OS's choice (bind to port 0): that is an ephemeral port, which the kernel gives
+    again to the next outgoing connection or bind(0) anywhere on the machine once the probe
+    closes, and a starting Ray cluster opens dozens; the server then failed to bind ("Failed to
+    bind to address", a fresh-clone CI run on 2026-12-06). A port outside the ephemeral range
+    is only ever taken by an explicit bind. Each is handed out once per process, so two calls
+    in a row never get the same port. The OS's choice remains where the range is all ephemeral.
+    """
+    ephemeral = _ephemeral_ports()
+    candidates = [p for p in _PICK_FROM if p not in ephemeral and p not in _handed_out]
+    random.shuffle(candidates)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
+    for port in [*candidates[:64], 0]:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+            chosen = int(probe.getsockname()[1])
+        _handed_out.add(chosen)
+        return chosen
+    raise OSError(f"no free port on {host}")
 
 
 # Ray's own default. `image-search serve` passes it explicitly: left unset, Ray silently moves

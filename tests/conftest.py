@@ -7,7 +7,6 @@ import io
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from typing import Any
 
 # Before anything imports ray: keep every Ray process on loopback, with no usage reporting,
 # and the proxy's body limits on, as `image-search serve` does (ray is imported lazily there).
-from deployments.cluster import LOCAL_RAY_ENV
+from deployments.cluster import LOCAL_RAY_ENV, free_port
 
 os.environ.update({**LOCAL_RAY_ENV, **os.environ})
 # The test cluster runs without token auth whatever state ~/.ray is in, and so do its clients.
@@ -33,12 +32,6 @@ pytest_plugins = ["tests.servers"]
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_http(

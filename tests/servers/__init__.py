@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
+from deployments.cluster import free_port
 from tests.servers.mariadb_server import METADATA_DB, MariaDB
 from tests.servers.milvus import MilvusServer
-from tests.servers.process import VENV_BIN, ManagedServer, _need, eventually, free_port
+from tests.servers.process import VENV_BIN, ManagedServer, _need, eventually
 from tests.servers.s3 import S3_BUCKET, MotoS3
 
 __all__ = [

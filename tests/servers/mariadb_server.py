@@ -8,7 +8,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from tests.servers.process import ManagedServer, free_port
+from deployments.cluster import free_port
+from tests.servers.process import ManagedServer
 
 METADATA_DB = "ise"
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.servers.process import ManagedServer, free_port
+from deployments.cluster import free_port
+from tests.servers.process import ManagedServer
 
 _MILVUS_SECTIONS = ("rootCoord", "proxy", "queryCoord", "queryNode", "indexCoord", "indexNode",
                     "dataCoord", "dataNode")  # fmt: skip

@@ -9,7 +9,8 @@ from typing import Any
 
 import httpx
 
-from tests.servers.process import VENV_BIN, ManagedServer, free_port
+from deployments.cluster import free_port
+from tests.servers.process import VENV_BIN, ManagedServer
 
 S3_BUCKET = "ise-images"
 logger = logging.getLogger(__name__)

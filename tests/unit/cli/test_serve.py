@@ -20,7 +20,7 @@ from bench.ingress import PROXY_LINE
 from cli import serve
 from cli.main import build_parser
 from cli.serve import EXIT_CANNOT_START, PortNeed, port_problems
-from deployments.cluster import direct_ingress_env
+from deployments.cluster import direct_ingress_env, free_port
 
 
 @pytest.fixture
@@ -29,12 +29,6 @@ def taken_port() -> Iterator[int]:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         yield int(listener.getsockname()[1])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_a_taken_port_names_the_port_and_what_to_change(taken_port: int) -> None:

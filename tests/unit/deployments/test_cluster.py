@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from deployments import cluster
 from deployments.cluster import (
     DASHBOARD_PORT,
     START_LOCAL,
@@ -124,3 +125,30 @@ def test_the_environment_wins_over_direct_ingress(monkeypatch: pytest.MonkeyPatc
 def test_free_port_is_free() -> None:
     port = free_port("127.0.0.1")
     assert port_unavailable("127.0.0.1", port) is None
+
+
+def test_free_port_is_outside_the_ephemeral_range_and_never_the_same_twice() -> None:
+    """An ephemeral port can be taken by any connection between the pick and the bind."""
+    ephemeral = cluster._ephemeral_ports()
+    ports = [free_port("127.0.0.1") for _ in range(50)]
+    assert len(set(ports)) == 50
+    assert not any(port in ephemeral for port in ports)
+    assert all(port in cluster._PICK_FROM for port in ports)
+
+
+def test_free_port_skips_a_taken_port_and_falls_back_to_the_os(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        taken = listener.getsockname()[1]
+        # Only the taken port to pick from (it is ephemeral here, so pretend nothing is):
+        monkeypatch.setattr(cluster, "_PICK_FROM", range(taken, taken + 1))
+        monkeypatch.setattr(cluster, "_ephemeral_ports", lambda: range(0))
+        port = free_port("127.0.0.1")
+    assert port != taken and port_unavailable("127.0.0.1", port) is None
+    # A machine whose ephemeral range covers every candidate: the OS's choice.
+    monkeypatch.setattr(cluster, "_PICK_FROM", range(20000, 20010))
+    monkeypatch.setattr(cluster, "_ephemeral_ports", lambda: range(1024, 65536))
+    assert port_unavailable("127.0.0.1", free_port("127.0.0.1")) is None

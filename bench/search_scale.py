@@ -51,7 +51,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -378,7 +378,8 @@ class PeakSampler:
 # -- stores ----------------------------------------------------------------------------------------
 @dataclass
 class Stores:
-    """Where one run's data lives, and how to stop what serves it."""
+    """Where one run's data lives, and how to stop what serves it (the fields with defaults are
+    keyword-only: a field added among them must not shift what a caller passes)."""
 
     kind: str
     metadata_uri: str
@@ -386,6 +387,7 @@ class Stores:
     vectors_uri: str  # what the service is given: a server URI or a Lite data path
     endpoint: str  # the gRPC URI
     vector_pid: Callable[[], int | None]
+    _: KW_ONLY
     env: dict[str, str] = field(default_factory=dict)
     buffer_mb: int | None = None  # MariaDB's InnoDB buffer pool, as the server reports it
     stop: Callable[[], None] = lambda: None
@@ -454,8 +456,8 @@ def lite_stores(workdir: Path) -> Stores:
             stop_lite_server(data)
 
     return Stores("lite", f"sqlite:///{workdir}/meta.db", f"sqlite:///{workdir}/meta-small.db",
-                  str(data), endpoint, pid, {"ISE__STORES__LITE_PORT": str(port)},
-                  stop)  # fmt: skip
+                  str(data), endpoint, pid, env={"ISE__STORES__LITE_PORT": str(port)},
+                  stop=stop)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -507,9 +509,10 @@ def fill_vectors(stores: Stores, choice: IndexChoice, basis: Basis, n: int) -> d
             logger.info("  %d / %d vectors, %.0f/s", start + len(x), n, rate)
     index.flush()
     inserted = time.monotonic() - began
-    built = wait_indexed(stores.endpoint, index.collection, n)
+    lite = stores.kind == "lite"
+    built = wait_indexed(stores.endpoint, index.collection, n, lite=lite)
     quiet = wait_quiet(stores.vector_pid)
-    if quiet > QUIET_WINDOW_S:  # what it did meanwhile may have changed the segments
+    if quiet > QUIET_WINDOW_S and not lite:  # it may have changed the segments meanwhile
         log_segments(stores.endpoint, index.collection)
     # Milvus Lite builds what it has not built yet on the first search (a 150k fill's first
     # search outlived a 60 s deadline): timed here, under this client's long deadline.
@@ -539,12 +542,25 @@ def wait_quiet(pid: Callable[[], int | None], max_s: float = QUIET_MAX_S) -> flo
     return took
 
 
-def log_segments(endpoint: str, collection: str) -> None:
+def admin_client(endpoint: str, lite: bool) -> Any:
+    """A client of its own for the bench's questions to the store, pinging only a Milvus server.
+
+    A shared connection that pings Milvus Lite's server is answered with GOAWAY ("Too many
+    pings") while the bench waits, and the next client of that endpoint fails to connect.
+    """
     from pymilvus import MilvusClient
 
-    client = MilvusClient(uri=endpoint, timeout=60)
+    from image_search.stores.vectors import NO_KEEPALIVE
+
+    return MilvusClient(uri=endpoint, timeout=60, dedicated=True,
+                        grpc_options=NO_KEEPALIVE if lite else {})  # fmt: skip
+
+
+def log_segments(endpoint: str, collection: str) -> None:
+    """The Milvus server's segments (Milvus Lite has no segment listing)."""
+    client = admin_client(endpoint, lite=False)
     try:
-        with contextlib.suppress(Exception):  # Milvus Lite has no segment listing
+        with contextlib.suppress(Exception):  # a listing is worth a log line, not a failed run
             segments = client.list_loaded_segments(collection, timeout=60)
             logger.info("  %d segments loaded, rows each: %s", len(segments),
                         sorted(int(getattr(s, "num_rows", 0)) for s in segments))  # fmt: skip
@@ -552,11 +568,11 @@ def log_segments(endpoint: str, collection: str) -> None:
         client.close()
 
 
-def wait_indexed(endpoint: str, collection: str, n: int, timeout_s: float = 7200) -> float:
+def wait_indexed(
+    endpoint: str, collection: str, n: int, lite: bool, timeout_s: float = 7200
+) -> float:
     """Seconds until the server reports every row indexed (and the collection loaded)."""
-    from pymilvus import MilvusClient
-
-    client = MilvusClient(uri=endpoint, timeout=60)
+    client = admin_client(endpoint, lite)
     began, last_log = time.monotonic(), 0.0
     try:
         while time.monotonic() - began < timeout_s:
@@ -573,7 +589,8 @@ def wait_indexed(endpoint: str, collection: str, n: int, timeout_s: float = 7200
         took = time.monotonic() - began
     finally:
         client.close()
-    log_segments(endpoint, collection)
+    if not lite:
+        log_segments(endpoint, collection)
     return took
 
 

@@ -6,6 +6,8 @@ No server and no model: the views are random unit vectors, the metadata store is
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -195,3 +197,20 @@ def test_wait_quiet_waits_out_a_busy_store_and_not_an_idle_one(
         for p in (busy, idle):
             p.kill()
             p.wait()
+
+
+def test_the_embedded_stores_stop_their_own_milvus_lite_server(tmp_path: Path) -> None:
+    """A run that fails before its service starts (which would stop the server) leaks nothing."""
+    stores = ss.lite_stores(tmp_path)
+    pid = stores.vector_pid()
+    try:
+        assert pid is not None and Path(f"/proc/{pid}").exists()
+        assert stores.buffer_mb is None  # no MariaDB here
+        stores.stop()
+        deadline = time.monotonic() + 15
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not Path(f"/proc/{pid}").exists()
+    finally:
+        if pid is not None and Path(f"/proc/{pid}").exists():
+            os.kill(pid, signal.SIGKILL)

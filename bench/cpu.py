@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import processes
+from image_search.stores.lite_server import SERVER_MODULE
 
 LOAD_GENERATOR = "load generator"
 # The first pattern found in a process's command line names its role; Serve replicas are
@@ -29,6 +30,7 @@ ROLES = (
     ("ray::ServeController", "Serve controller"),
     ("/raylet", "raylet"),
     ("gcs_server", "GCS"),
+    (SERVER_MODULE, "Milvus Lite"),
     ("milvus_lite", "Milvus Lite"),
     ("milvus run", "Milvus server"),
     ("mariadbd", "MariaDB"),

@@ -2,7 +2,7 @@
 
 Milvus Lite locks its data directory to one process, while Ray replicas and backfill jobs are
 separate processes. Rather than funnel every vector call through one owner actor, the first
-process that needs the embedded index starts `milvus-lite server` for that directory (guarded by
+process that needs the embedded index starts Milvus Lite's server for that directory (guarded by
 a file lock) and everyone connects to it exactly as to a Milvus server: one code path for
 embedded and production. The server outlives the process that started it (replicas come and
 go with autoscaling); `image-search serve` and the tests stop it when they end.
@@ -26,6 +26,10 @@ from pathlib import Path
 from image_search.errors import ConfigError, StoreUnavailable
 
 logger = logging.getLogger(__name__)
+
+# The server's module: Milvus Lite's command line with its search path replaced by one that does
+# not walk every stored row per search (lite_search.py). Process listings find it by this name.
+SERVER_MODULE = "image_search.stores.lite_search"
 
 
 def _state_file(data_dir: Path) -> Path:
@@ -83,7 +87,7 @@ def ensure_lite_server(data_dir: str | Path, port: int, start_timeout_s: float =
         data_dir.mkdir(parents=True, exist_ok=True)
         log_path = data_dir.parent / f"{data_dir.name}.server.log"
         cmd = [
-            sys.executable, "-m", "milvus_lite", "server",
+            sys.executable, "-m", SERVER_MODULE, "server",
             "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(port),
         ]  # fmt: skip
         pid = _spawn_detached(cmd, log_path)

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 from bench.lite_tail import RULES
+from image_search.stores.lite_server import SERVER_MODULE
 from tests.benchrun import run_bench
 
 # Two trials of 2 s and a server start each: seconds; room for a loaded machine.
@@ -17,7 +18,7 @@ RUN_BOUND_S = 180
 
 
 def lite_servers_under(folder: str) -> list[str]:
-    out = subprocess.run(["pgrep", "-f", f"milvus_lite server --data-dir {folder}"],
+    out = subprocess.run(["pgrep", "-f", f"{SERVER_MODULE} server --data-dir {folder}"],
                          capture_output=True, text=True)  # fmt: skip
     return out.stdout.split()
 

@@ -28,6 +28,7 @@ BURN = (
         ("/x/site-packages/ray/core/src/ray/raylet/raylet --raylet_socket_name=/tmp/a", "raylet"),
         ("/x/ray/core/src/ray/gcs/gcs_server --log_dir=/tmp/a", "GCS"),
         ("/v/bin/python3.11 -m milvus_lite server --data-dir /tmp/a", "Milvus Lite"),
+        ("/v/bin/python -m image_search.stores.lite_search server --data-dir /a", "Milvus Lite"),
         ("/v/bin/python -m bench.reference_server --port 1", "reference server"),
         ("/v/bin/python /v/bin/image-search serve", "image-search serve"),
         ("ray::IDLE", "other Ray"),

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("image_search.stores.lite_search")  # also when run as __main__
 
 Row = dict[str, Any]  # a stored row, or a hit, as Milvus Lite's executor takes and returns them
 
@@ -298,12 +298,16 @@ def install() -> bool:
         return fast_search(upstream, *args, **kwargs)
 
     collection.execute_search_with_index = search
+    logger.info("Milvus Lite %s: searches without the walk over every stored row", version)
     return True
 
 
 def main(argv: list[str] | None = None) -> int:
     """Milvus Lite's command line (`server --data-dir ...`) with fast_search installed."""
-    logging.basicConfig(level=logging.INFO)
+    # Warnings and errors only, as Milvus Lite's own command line leaves them (its INFO lines
+    # and faiss's are noise in the server's log); this module's own line says what runs.
+    logging.basicConfig(level=logging.WARNING)
+    logger.setLevel(logging.INFO)
     install()
     from milvus_lite.cmdline import main as lite_main
 

@@ -50,39 +50,81 @@ class _SegmentState:
     winners: tuple[np.ndarray | None, ...]  # None: every row of that segment wins
 
 
-def _key(segments: tuple[Any, ...]) -> tuple[tuple[str, int], ...]:
-    # Segment files are immutable and never reuse a name (a compaction writes a new one), so
-    # their paths name a set of segments without holding on to segments a compaction replaced.
-    return tuple((str(s.file_path), int(s.num_rows)) for s in segments)
+def _name(segment: Any) -> tuple[str, int]:
+    # Segment files are immutable and never reuse a name (a compaction writes a new one), so a
+    # path names a segment without holding on to one that a compaction replaced.
+    return str(segment.file_path), int(segment.num_rows)
 
 
 class _Cache:
+    """The state of the latest set of segments, and what is known of each segment in it.
+
+    A flush adds a small segment to a set that is otherwise the same: its keys are checked
+    against each other segment's sorted keys (a binary search each), not the whole set again.
+    """
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._key: tuple[tuple[str, int], ...] | None = None
         self._state: _SegmentState | None = None
+        self._keys: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}  # as is, sorted
+        self._disjoint: set[frozenset[tuple[str, int]]] = set()  # pairs sharing no key
 
     def get(self, segments: tuple[Any, ...]) -> _SegmentState:
-        key = _key(segments)
+        names = tuple(_name(s) for s in segments)
         with self._lock:
-            if key == self._key and self._state is not None:
+            if names == self._key and self._state is not None:
                 return self._state
-        state = _segment_state(segments)
+            keys, disjoint = dict(self._keys), set(self._disjoint)
+        for name, seg in zip(names, segments, strict=True):
+            if name not in keys:
+                own = np.asarray(seg.pks, dtype=np.int64)
+                keys[name] = (own, np.sort(own))
+        pks = tuple(keys[n][0] for n in names)
+        if _all_disjoint(names, keys, disjoint):
+            state = _SegmentState(pks, tuple(None for _ in segments))
+        else:
+            state = _segment_state(segments, pks)
         with self._lock:
-            self._key, self._state = key, state
+            self._key, self._state = names, state
+            self._keys = {n: keys[n] for n in names}
+            self._disjoint = {p for p in disjoint if p <= set(names)}
         return state
+
+
+def _all_disjoint(
+    names: tuple[tuple[str, int], ...],
+    keys: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]],
+    disjoint: set[frozenset[tuple[str, int]]],
+) -> bool:
+    """Whether no key is in two segments; adds each pair found to share none to `disjoint`."""
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            pair = frozenset((a, b))
+            if pair in disjoint:
+                continue
+            if _share_a_key(keys[a][1], keys[b][1]):
+                return False
+            disjoint.add(pair)
+    return True
+
+
+def _share_a_key(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two sorted key arrays have a key in common (the smaller searched in the larger)."""
+    small, large = (a, b) if len(a) <= len(b) else (b, a)
+    if not len(small) or not len(large):
+        return False
+    at = np.minimum(np.searchsorted(large, small), len(large) - 1)
+    return bool((large[at] == small).any())
 
 
 _cache = _Cache()
 
 
-def _segment_state(segments: tuple[Any, ...]) -> _SegmentState:
-    pks = tuple(np.asarray(s.pks, dtype=np.int64) for s in segments)
+def _segment_state(segments: tuple[Any, ...], pks: tuple[np.ndarray, ...]) -> _SegmentState:
+    """Where keys repeat across segments: a row wins when its seq is its key's largest."""
     sizes = [len(p) for p in pks]
-    all_pks = np.concatenate(pks) if pks else np.empty(0, np.int64)
-    if len(np.unique(all_pks)) == len(all_pks):
-        return _SegmentState(pks, tuple(None for _ in segments))
-    # Some keys were upserted into a later segment: a row wins when its seq is its key's largest.
+    all_pks = np.concatenate(pks)
     all_seqs = np.concatenate([np.asarray(s.seqs, dtype=np.int64) for s in segments])
     order = np.lexsort((all_seqs, all_pks))
     sorted_pks, sorted_seqs = all_pks[order], all_seqs[order]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -81,7 +82,7 @@ def _both(c: Any, queries: np.ndarray, top_k: int) -> tuple[list[Any], list[Any]
 def test_the_snapshot_has_every_case(collection: Any) -> None:
     args = _snapshot(collection)
     segments = tuple(s for s in args["segments"] if s.num_rows > 0)
-    state = lite_search._segment_state(segments)
+    state = lite_search._Cache().get(segments)
     assert len(segments) >= 2
     assert any(w is not None for w in state.winners), "no key lives in two segments"
     assert args["delta_index"].snapshot, "no flushed tombstone"
@@ -175,3 +176,44 @@ def test_a_new_set_of_segments_is_worked_out_again(tmp_path: Path) -> None:
         assert all(len(h) == 50 and {x["entity"]["tag"] for x in h} == {2} for h in ours)
     finally:
         db.close()
+
+
+def _segment(name: str, keys: range, first_seq: int) -> SimpleNamespace:
+    pks = list(keys)
+    seqs = np.arange(first_seq, first_seq + len(pks), dtype=np.uint64)
+    return SimpleNamespace(file_path=f"/data/{name}.parquet", num_rows=len(pks), pks=pks, seqs=seqs)
+
+
+def test_a_flush_checks_only_the_new_segment_against_the_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    checks: list[int] = []
+    share = lite_search._share_a_key
+
+    def counted(a: np.ndarray, b: np.ndarray) -> bool:
+        checks.append(1)
+        return share(a, b)
+
+    monkeypatch.setattr(lite_search, "_share_a_key", counted)
+    cache = lite_search._Cache()
+    a, b = _segment("a", range(0, 100), 0), _segment("b", range(100, 200), 100)
+    assert cache.get((a, b)).winners == (None, None) and len(checks) == 1
+    c = _segment("c", range(200, 210), 200)
+    assert cache.get((a, b, c)).winners == (None, None, None) and len(checks) == 3
+    assert cache.get((a, b, c)) is cache.get((a, b, c)) and len(checks) == 3
+    # An upsert of key 5 flushed later: the older row loses, wherever the pair check stands.
+    d = _segment("d", range(5, 6), 300)
+    state = cache.get((a, b, c, d))
+    winners_a = state.winners[0]
+    assert winners_a is not None and not winners_a[5] and winners_a.sum() == 99
+    assert state.winners[1:] == (None, None, None)
+    # A compaction's new set: worked out again, not taken from the old one.
+    assert cache.get((a, b)).winners == (None, None)
+
+
+def test_sorted_key_arrays_share_a_key_only_when_they_do() -> None:
+    assert not lite_search._share_a_key(np.arange(0, 10), np.arange(10, 20))
+    assert lite_search._share_a_key(np.arange(0, 10), np.array([3]))
+    assert lite_search._share_a_key(np.array([19]), np.arange(10, 20))
+    assert not lite_search._share_a_key(np.array([], np.int64), np.arange(3))
+    assert not lite_search._share_a_key(np.array([25]), np.arange(10, 20))

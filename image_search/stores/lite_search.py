@@ -38,8 +38,9 @@ Row = dict[str, Any]  # a stored row, or a hit, as Milvus Lite's executor takes 
 # Segment/MemTable/DeltaIndex members used here are not a public API.
 SUPPORTED_VERSION = "3.2.2"
 
-# Above this many tombstones one numpy pass per segment beats a key lookup per tombstone.
-VECTORIZE_TOMBSTONES_ABOVE = 4096
+# Above this many superseded keys (deletes and memtable rewrites) one numpy pass per segment
+# beats a key lookup per key.
+VECTORIZE_SUPERSEDED_ABOVE = 4096
 
 
 @dataclass(frozen=True)
@@ -169,46 +170,38 @@ def _newest_tombstones(delta: Any, memtable_deletes: dict[Any, Any]) -> dict[int
 def _segment_masks(
     segments: tuple[Any, ...],
     state: _SegmentState,
-    memtable_newest: dict[int, int],
-    tombs: dict[int, int],
+    superseded: dict[int, int],
 ) -> list[np.ndarray | None]:
-    """Each segment's rows a search may return, or None where it may return all of them."""
+    """Each segment's rows a search may return, or None where it may return all of them.
+
+    `superseded` maps a key to the seq of its newest write in the memtable or its newest delete:
+    a segment's row of that key with a smaller seq is hidden.
+    """
     masks: list[np.ndarray | None] = list(state.winners)
-
-    def clear(i: int, row: int) -> None:
-        mask = masks[i]
-        if mask is None or mask is state.winners[i]:
-            base = state.winners[i]
-            mask = np.ones(segments[i].num_rows, bool) if base is None else base.copy()
-            masks[i] = mask
-        mask[row] = False
-
-    # A key also in the memtable: the memtable's row is newer than a segment's unless seqs say no.
-    for i, seg in enumerate(segments):
-        lookup, seqs = seg.pk_to_row, seg.seqs
-        for pk, newest in memtable_newest.items():
-            row = lookup.get(pk)
-            if row is not None and int(seqs[row]) < newest:
-                clear(i, row)
-    if len(tombs) <= VECTORIZE_TOMBSTONES_ABOVE:
+    if len(superseded) <= VECTORIZE_SUPERSEDED_ABOVE:
         for i, seg in enumerate(segments):
             lookup, seqs = seg.pk_to_row, seg.seqs
-            for pk, deleted_at in tombs.items():
+            for pk, newer in superseded.items():
                 row = lookup.get(pk)
-                if row is not None and deleted_at > int(seqs[row]):
-                    clear(i, row)
-    else:
-        keys = np.fromiter(tombs.keys(), dtype=np.int64, count=len(tombs))
-        at = np.fromiter(tombs.values(), dtype=np.int64, count=len(tombs))
-        order = np.argsort(keys)
-        keys, at = keys[order], at[order]
-        for i, seg in enumerate(segments):
-            pks = state.pks[i]
-            pos = np.minimum(np.searchsorted(keys, pks), len(keys) - 1)
-            dead = (keys[pos] == pks) & (at[pos] > np.asarray(seg.seqs, dtype=np.int64))
-            if dead.any():
-                base = masks[i]
-                masks[i] = ~dead if base is None else base & ~dead
+                if row is None or int(seqs[row]) >= newer:
+                    continue
+                mask = masks[i]
+                if mask is None or mask is state.winners[i]:  # copy before the first change
+                    mask = np.ones(seg.num_rows, bool) if mask is None else mask.copy()
+                    masks[i] = mask
+                mask[row] = False
+        return masks
+    keys = np.fromiter(superseded.keys(), dtype=np.int64, count=len(superseded))
+    at = np.fromiter(superseded.values(), dtype=np.int64, count=len(superseded))
+    order = np.argsort(keys)
+    keys, at = keys[order], at[order]
+    for i, seg in enumerate(segments):
+        pks = state.pks[i]
+        pos = np.minimum(np.searchsorted(keys, pks), len(keys) - 1)
+        hidden = (keys[pos] == pks) & (at[pos] > np.asarray(seg.seqs, dtype=np.int64))
+        if hidden.any():
+            base = masks[i]
+            masks[i] = ~hidden if base is None else base & ~hidden
     return masks
 
 
@@ -276,7 +269,10 @@ def fast_search(
         if seq > memtable_newest.get(pk, -1):
             memtable_newest[pk] = int(seq)
     tombs = _newest_tombstones(delta_index, memtable.delete_index_snapshot())
-    masks: list[np.ndarray | None] = _segment_masks(segs, state, memtable_newest, tombs)
+    superseded = dict(tombs)
+    for pk, seq in memtable_newest.items():
+        superseded[pk] = max(seq, superseded.get(pk, -1))
+    masks: list[np.ndarray | None] = _segment_masks(segs, state, superseded)
     vectors = [seg.vector_data(vector_field)[0] for seg in segs]
     indexes = [seg.indexes.get(vector_field) for seg in segs]
     if mt_pks:

@@ -34,12 +34,13 @@ from typing import Any
 
 import numpy as np
 
+from bench.lite_tail import FETCH
 from bench.search_scale import percentile
+from image_search.stores.vectors import SEARCHED_FLUSH_ROWS
 
 logger = logging.getLogger("bench.lite_search")
 ROOT = Path(__file__).resolve().parents[1]
-FETCH = 26  # what a 10-hit page asks Milvus for (limit + 16, image_search.indexing)
-TAIL_ROWS = 64  # unflushed rows a searched service leaves at most (stores.vectors)
+TAIL_ROWS = SEARCHED_FLUSH_ROWS  # the most unflushed rows a searched service leaves
 DELETED = 16
 INSERT_BATCH = 5000
 EXECUTORS = ("Milvus Lite", "ours")

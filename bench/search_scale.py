@@ -15,12 +15,14 @@ a perturbation moves a vector about as far as an edit moves a photo (the run pri
 Vectors are generated chunk by chunk from a seeded generator, so nothing holds the N x 1280
 matrix: exact search regenerates the chunks (bounded memory, no 5 GB file).
 
-What is written. Vectors through the store layer (MilvusVectorIndex.upsert, in batches of
-UPSERT_BATCH); metadata rows and their `content` rows in bulk through the metadata store's
-SQLAlchemy tables and engine, shaped as the Indexer writes them (sha256-derived milvus_id,
-refs 1), so GET /meta/image/count, the list and GET /sample/meta/{meta_uuid} serve them. The
-image bytes are not written: search by a stored image reads the row and the vector, never the
-object, so the object store stays empty (GET /files and thumbnails of these rows would 404).
+What is written. Vectors through the store layer (MilvusVectorIndex.insert_new, in batches of
+WRITE_BATCH: new keys, so no upsert's delete records for Milvus to rewrite segments to drop
+after the load, as it did for 24 minutes at 1M); metadata rows and their `content` rows in
+bulk through the metadata store's SQLAlchemy tables and engine, shaped as the Indexer writes
+them (sha256-derived milvus_id, refs 1), so GET /meta/image/count, the list and GET
+/sample/meta/{meta_uuid} serve them. The image bytes are not written: search by a stored image
+reads the row and the vector, never the object, so the object store stays empty (GET /files
+and thumbnails of these rows would 404).
 
 What is measured, per store ("server": the test plugin's Milvus 2.3.5 standalone with HNSW +
 MariaDB; "lite": Milvus Lite + SQLite, the embedded default): insert and index build time,
@@ -74,14 +76,15 @@ MIX_MAX = 0.5  # how far towards a second real view a vector may be mixed
 NOISE_SCALE = 0.5  # noise spread relative to the real views' spread, per principal direction
 PCA_RANK = 128  # principal directions the noise is drawn in
 GEN_CHUNK = 10_000  # vectors generated at once (and the unit of regeneration)
-# After its indexes are built, a Milvus server goes on working on its own: it rewrites each
-# segment without the delete records the upserts left, merges small segments, and indexes the
-# results (24 minutes of both cores at 1M; one run's searches were measured beside it, at half
-# the throughput). Measuring starts once its process is under QUIET_CORES over QUIET_WINDOW_S.
+# After its indexes are built, a Milvus server may go on working on its own: it merged small
+# segments and indexed the results, and after a fill by upsert it rewrote each segment without
+# the delete records (24 minutes of both cores at 1M; one run's searches were measured beside
+# it, at half the throughput). Measuring starts once its process is under QUIET_CORES over
+# QUIET_WINDOW_S.
 QUIET_CORES = 0.15
 QUIET_WINDOW_S = 10.0
 QUIET_MAX_S = 3600.0
-UPSERT_BATCH = 5_000  # vectors per VectorIndex.upsert: ~26 MB of gRPC, under both servers' caps
+WRITE_BATCH = 5_000  # vectors per VectorIndex write: ~26 MB of gRPC, under both servers' caps
 SQL_BATCH = 10_000  # metadata rows per INSERT batch
 SEARCH_LIMIT = 10
 # Enough to hold a million rows' tables and indexes (~0.9 GB) and the baseline's; MariaDB
@@ -495,14 +498,15 @@ def vector_index(endpoint: str, choice: IndexChoice, timeout_s: float = 5.0,
 
 
 def fill_vectors(stores: Stores, choice: IndexChoice, basis: Basis, n: int) -> dict[str, float]:
-    """Upsert n vectors in batches, flush, and wait until the index covers every row."""
+    """Insert n vectors (new keys) in batches, flush, and wait until the index covers every
+    row."""
     index = vector_index(stores.endpoint, choice, timeout_s=600, lite=stores.kind == "lite")
     began = time.monotonic()
     last_log = began
     for start, x in chunks(basis, n):
         ids = milvus_ids(start, len(x))
-        for b in range(0, len(x), UPSERT_BATCH):
-            index.upsert(ids[b : b + UPSERT_BATCH].tolist(), x[b : b + UPSERT_BATCH])
+        for b in range(0, len(x), WRITE_BATCH):
+            index.insert_new(ids[b : b + WRITE_BATCH].tolist(), x[b : b + WRITE_BATCH])
         if time.monotonic() - last_log > 30:
             last_log = time.monotonic()
             rate = (start + len(x)) / (last_log - began)

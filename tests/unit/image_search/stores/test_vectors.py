@@ -206,3 +206,37 @@ def test_a_drop_during_a_flush_leaves_no_negative_count() -> None:
     client.during_flush = lambda: setattr(idx, "_pending", 0)  # what drop() does to the count
     idx.flush()
     assert idx._pending == 0
+
+
+class WriteClient(TailClient):
+    """Records which write each call made, and its rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[tuple[str, list[dict[str, Any]]]] = []
+
+    def upsert(self, collection: str, rows: list[dict[str, Any]], **kwargs: Any) -> None:
+        self.writes.append(("upsert", rows))
+
+    def insert(self, collection: str, rows: list[dict[str, Any]], **kwargs: Any) -> None:
+        self.writes.append(("insert", rows))
+
+
+def test_insert_new_inserts_the_same_rows_an_upsert_writes_and_counts_them_in_the_tail() -> None:
+    idx = index(ef=128)
+    client = WriteClient()
+    idx._client = client  # type: ignore[assignment]
+    idx._lite = True
+    ids, vecs = [7, 9], np.arange(8, dtype=np.float32).reshape(2, 4)
+    idx.upsert(ids, vecs)
+    idx.insert_new(ids, vecs)
+    (kind_a, rows_a), (kind_b, rows_b) = client.writes
+    assert (kind_a, kind_b) == ("upsert", "insert")  # never a delete record for a new key
+    assert rows_a == rows_b == [{"id": 7, "vector": [0.0, 1.0, 2.0, 3.0]},
+                                {"id": 9, "vector": [4.0, 5.0, 6.0, 7.0]}]  # fmt: skip
+    assert idx._pending == 4  # Milvus Lite's tail: inserted rows wait for a flush alike
+    idx.insert_new([], np.zeros((0,), dtype=np.float32))  # nothing: no call, no shape error
+    assert len(client.writes) == 2
+    with pytest.raises(ValueError, match="shape"):
+        idx.insert_new([1, 2], np.zeros((2, 3), dtype=np.float32))
+    assert len(client.writes) == 2

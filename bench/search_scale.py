@@ -17,7 +17,7 @@ matrix: exact search regenerates the chunks (bounded memory, no 5 GB file).
 
 What is written. Vectors through the store layer (MilvusVectorIndex.insert_new, in batches of
 WRITE_BATCH: new keys, so no upsert's delete records for Milvus to rewrite segments to drop
-after the load, as it did for 24 minutes at 1M); metadata rows and their `content` rows in
+after the load, as the note at QUIET_CORES says); metadata rows and their `content` rows in
 bulk through the metadata store's SQLAlchemy tables and engine, shaped as the Indexer writes
 them (sha256-derived milvus_id, refs 1), so GET /meta/image/count, the list and GET
 /sample/meta/{meta_uuid} serve them. The image bytes are not written: search by a stored image

@@ -89,7 +89,8 @@ class _Cache:
         with self._lock:
             self._key, self._state = names, state
             self._keys = {n: keys[n] for n in names}
-            self._disjoint = {p for p in disjoint if p <= set(names)}
+            current = set(names)
+            self._disjoint = {p for p in disjoint if p <= current}
         return state
 
 

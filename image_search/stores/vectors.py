@@ -214,8 +214,8 @@ class MilvusVectorIndex:
     def insert_new(self, ids: Sequence[int], vectors: np.ndarray) -> None:
         """A bulk load of keys this collection never held (bench.search_scale's fill). Not
         upsert's delete records, which a Milvus server later rewrites every segment to drop
-        (24 minutes of both cores at 1M vectors); but a key given twice, or a call retried
-        after it landed, is then stored twice, so the service itself always upserts."""
+        (README, "A million vectors"); but a key given twice, or a call retried after it
+        landed, is then stored twice, so the service itself always upserts."""
         rows = self._rows(ids, vectors)
         if rows:
             self._call("insert", lambda c: c.insert(self.collection, rows, timeout=self.timeout_s))

@@ -122,8 +122,7 @@ class FakeEmbedder:
 class FakeHandle:
     """A DeploymentHandle over a plain object: `handle.method.remote(*args)` runs it as a task.
 
-    Like Serve, an argument that is itself a pending call is resolved before the call runs, so
-    flows can chain calls without awaiting each hop.
+    Like Serve, an argument that is itself a pending call is resolved before the call runs.
     """
 
     def __init__(self, target: Any) -> None:

@@ -1,8 +1,8 @@
-"""What each call of an upload carries, single or batch: the pixels reach the Embedder only, the
-bytes the Decoder and the Indexer (which stores them), and no call returns either to the
-Ingress. A search's bytes go to the Embedder alone, and its pixels nowhere. (These count the
-calls' arguments and results; how Serve carries a pending result into the next call is
-deployments.cluster.SERVE_TRANSPORT_ENV's choice.)"""
+"""What each call of an upload carries, single or batch: the pixels come out of the Decoder and
+go into the Embedder and no other call, the bytes go to the Decoder and the Indexer (which
+stores them), and no call returns the bytes. A search's bytes go to the Embedder alone, and its
+pixels nowhere. (These count the calls' arguments and results; the Ingress passes each result
+on, deployments.flows says why.)"""
 
 from __future__ import annotations
 

@@ -221,8 +221,9 @@ class IngressFlows:
         self, datas: dict[int, bytes], new: set[int], results: list[Outcome | None]
     ) -> dict[int, tuple[ImageFacts, Embedding | None]]:
         """Each file's decode facts, and for new content its vector. As for a single upload,
-        a decode's pixels go to the Embedder and no further: what comes back here is small.
-        Content already indexed needs no vector, so its pixels never leave the Decoder."""
+        a decode's pixels pass through here to the Embedder and go no further; what the
+        Embedder gives back is small. Content already indexed needs no vector, so its pixels
+        never leave the Decoder."""
         regions = await self.collection_has_regions()
 
         async def embedded(data: bytes) -> EmbeddedUpload:

@@ -121,9 +121,7 @@ class FakeEmbedder:
 
 class FakeHandle:
     """A DeploymentHandle over a plain object: `handle.method.remote(*args)` runs it as a task.
-
-    Like Serve, an argument that is itself a pending call is resolved before the call runs.
-    """
+    (Flows await each call before the next, so no argument is ever a pending call.)"""
 
     def __init__(self, target: Any) -> None:
         self._target = target
@@ -140,6 +138,5 @@ class _Method:
         return asyncio.ensure_future(self._call(*args))
 
     async def _call(self, *args: Any) -> Any:
-        resolved = [await a if isinstance(a, asyncio.Future) else a for a in args]
-        result = self._fn(*resolved)
+        result = self._fn(*args)
         return await result if asyncio.iscoroutine(result) else result

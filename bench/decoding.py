@@ -25,7 +25,14 @@ import numpy as np
 from PIL import Image
 
 from image_search.embedding import model_card
-from image_search.imaging import PreprocessSpec, _crop, _resize_short, decode, open_rgb
+from image_search.imaging import (
+    PreprocessSpec,
+    _crop,
+    _resize_short,
+    _thumbnail_jpeg_bytes,
+    decode,
+    open_rgb,
+)
 
 logger = logging.getLogger("bench.decoding")
 MAX_PIXELS = 10**8
@@ -38,12 +45,6 @@ def _timed(times: dict[str, list[float]], step: str, fn: Callable[..., Any], *ar
     out = fn(*args)
     times.setdefault(step, []).append(time.perf_counter() - started)
     return out
-
-
-def _encode(im: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=82, optimize=True)  # as imaging._thumbnail saves it
-    return buf.getvalue()
 
 
 def _draft_factor(width: int, height: int, draft_to: int) -> int:
@@ -63,7 +64,7 @@ def steps(photos: list[bytes], spec: PreprocessSpec, rounds: int) -> dict[str, f
             thumb = resized.copy()
             _timed(times, "thumbnail resize", thumb.thumbnail, (THUMBNAIL, THUMBNAIL),
                    Image.Resampling.LANCZOS)  # fmt: skip
-            _timed(times, "thumbnail encode", _encode, thumb)
+            _timed(times, "thumbnail encode", _thumbnail_jpeg_bytes, thumb)
             _timed(times, "crop", _crop, resized, spec)
             _timed(times, "whole", decode, data, spec, MAX_PIXELS, THUMBNAIL)
     return {step: 1000 * statistics.median(v) for step, v in times.items()}

@@ -396,10 +396,16 @@ class Stores:
     stop: Callable[[], None] = lambda: None
 
 
-def server_stores(workdir: Path, segment_mb: int = 0, buffer_mb: int = 0) -> Stores:
+def server_stores(
+    workdir: Path,
+    segment_mb: int = 0,
+    buffer_mb: int = 0,
+    milvus_settings: Sequence[tuple[str, int | float | str]] = (),
+) -> Stores:
     """The test plugin's Milvus 2.3.5 standalone and MariaDB, on free loopback ports;
     segment_mb > 0: Milvus seals segments of about that size (0: Milvus's default);
-    buffer_mb > 0: MariaDB caches up to that many MB of tables (0: the test server's default)."""
+    buffer_mb > 0: MariaDB caches up to that many MB of tables (0: the test server's default);
+    milvus_settings: more milvus.yaml keys to set, after those (--milvus-set)."""
     sys.path.insert(0, str(ROOT))  # tests/ is a package of the project, not an installed one
     from tests.servers.mariadb_server import MariaDB
     from tests.servers.milvus import MilvusServer
@@ -416,6 +422,8 @@ def server_stores(workdir: Path, segment_mb: int = 0, buffer_mb: int = 0) -> Sto
         # million made 7. Fewer, larger flushes leave the size to decide.
         milvus.config.set("dataNode.segment.insertBufSize", 256 << 20)
         milvus.config.set("dataCoord.segment.maxBinlogFileNumber", 1024)
+    for key, value in milvus_settings:
+        milvus.config.set(key, value)
 
     def stop() -> None:
         with SIGNALS.uninterrupted():
@@ -424,6 +432,8 @@ def server_stores(workdir: Path, segment_mb: int = 0, buffer_mb: int = 0) -> Sto
 
     try:
         milvus.start()
+        check_milvus_settings(Path(milvus.config.base_data_dir) / "configs" / "milvus.yaml",
+                              milvus_settings)  # fmt: skip
         maria.start()
         if buffer_mb:
             # The test server's small pool suits tests, not a million rows (the image and content
@@ -842,8 +852,10 @@ def run_store(kind: str, args: argparse.Namespace, basis: Basis, workdir: Path) 
         "index": choice.label(),
         "segment_mb": args.segment_mb if kind == "server" else None,
     }
-    stores = (server_stores(workdir, args.segment_mb, args.mariadb_buffer_mb)
+    stores = (server_stores(workdir, args.segment_mb, args.mariadb_buffer_mb, args.milvus_set)
               if kind == "server" else lite_stores(workdir))  # fmt: skip
+    if kind == "server":
+        out["milvus_settings"] = dict(args.milvus_set)
     out["mariadb_buffer_mb"] = stores.buffer_mb
     server: processes.Server | None = None
     try:
@@ -904,6 +916,38 @@ def run_store(kind: str, args: argparse.Namespace, basis: Basis, workdir: Path) 
     return out
 
 
+def milvus_setting(text: str) -> tuple[str, int | float | str]:
+    """`section.key=value` for --milvus-set, the value typed as YAML will read it back (a
+    number, true/false, else a string), so that check_milvus_settings can compare them."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    if raw.lower() in ("true", "false"):
+        return key.strip(), raw.lower() == "true"
+    value: int | float | str = raw
+    for kind in (int, float):
+        try:
+            value = kind(raw)
+            break
+        except ValueError:
+            continue
+    return key.strip(), value
+
+
+def check_milvus_settings(path: Path, settings: Sequence[tuple[str, int | float | str]]) -> None:
+    """Each --milvus-set key as the server read it: the package's writer only replaces keys
+    its template has, so a misspelt one would otherwise be dropped without a word."""
+    import yaml
+
+    written = yaml.safe_load(path.read_text())
+    for key, value in settings:
+        node: Any = written
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node != value:
+            raise SystemExit(f"--milvus-set {key}: milvus.yaml holds {node!r}, not {value!r}")
+
+
 # -- report ----------------------------------------------------------------------------------------
 def fmt(v: float | None, digits: int = 0) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
@@ -919,6 +963,8 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> list[str]
         sealed = f"near {args.segment_mb} MB" if args.segment_mb else "at its defaults"
         pool = fmt(server.get("mariadb_buffer_mb"))
         lines.append(f"server: MariaDB's buffer pool {pool} MB, Milvus segments sealed {sealed}")
+        if args.milvus_set:
+            lines.append("Milvus settings: " + ", ".join(f"{k}={v}" for k, v in args.milvus_set))
     head = (f"{'store':>6} | {'index':<42} | {'insert s':>8} | {'index s':>7} | "
             + " | ".join(f"{'p50/p99 ms x' + str(c):>16}" for c in args.clients)
             + f" | {'file p50 ms':>11} | {'recall served':>13} | {'recall direct':>13} | "
@@ -997,6 +1043,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--mariadb-buffer-mb", type=int, default=MARIADB_BUFFER_MB,
                     help="MariaDB: InnoDB buffer pool, MB (0: the test server's)")  # fmt: skip
+    ap.add_argument("--milvus-set", type=milvus_setting, action="append", default=[],
+                    metavar="KEY=VALUE", help="Milvus server: set a milvus.yaml key, e.g. "
+                    "queryNode.segcore.knowhereThreadPoolNumRatio=1 (repeatable)")  # fmt: skip
     ap.add_argument("--ef-sweep", default="64,256,512", help="more HNSW ef to measure recall at")
     ap.add_argument("--serve-ef", default="",
                     help="HNSW ef to serve again with after the configured one (HTTP searches "

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -125,16 +126,14 @@ def test_short_mode_is_small_and_on_the_embedded_store() -> None:
     assert full.index_type == "HNSW" and "ef" in full.search_params
 
 
-def test_serve_ef_is_parsed_and_reported_beside_the_configured_ef() -> None:
-    args = ss.parse_args(["--serve-ef", "64,32", "--clients", "1,16"])
-    assert args.serve_ef == [64, 32]
-    assert ss.parse_args(["--serve-ef", "64", "--index-type", "IVF_FLAT"]).serve_ef == []
+def server_result() -> dict[str, Any]:
+    """One server row of a run's results, as run_store returns it."""
 
     def stored(p50: float, p99: float, rate: float) -> dict[str, object]:
         return {"n": 10, "p50_ms": p50, "p99_ms": p99, "req_s": rate, "non_200": {}}
 
     timing = {"small": {"get": 1.0}, "large": {"get": 2.0}}
-    result = {
+    return {
         "store": "server", "index": "HNSW ef=128", "fill": {"insert_s": 1.0, "index_wait_s": 2.0},
         "http": {"stored_c1": stored(30, 40, 30.0), "stored_c16": stored(90, 140, 170.0),
                  "file_c1": stored(35, 45, 25.0)},
@@ -146,6 +145,13 @@ def test_serve_ef_is_parsed_and_reported_beside_the_configured_ef() -> None:
         "http_at_ef": {"64": {"stored_c1": stored(20, 30, 40.0),
                               "stored_c16": stored(70, 95, 200.0), "recall_served": 0.985}},
     }  # fmt: skip
+
+
+def test_serve_ef_is_parsed_and_reported_beside_the_configured_ef() -> None:
+    args = ss.parse_args(["--serve-ef", "64,32", "--clients", "1,16"])
+    assert args.serve_ef == [64, 32]
+    assert ss.parse_args(["--serve-ef", "64", "--index-type", "IVF_FLAT"]).serve_ef == []
+    result = server_result()
     lines = ss.report([result], args)
     want = (
         "server: served at ef 64: 20/30 ms (40.0/s) x1, 70/95 ms (200.0/s) x16; "
@@ -214,3 +220,36 @@ def test_the_embedded_stores_stop_their_own_milvus_lite_server(tmp_path: Path) -
     finally:
         if pid is not None and Path(f"/proc/{pid}").exists():
             os.kill(pid, signal.SIGKILL)
+
+
+def test_milvus_settings_are_parsed_reported_and_checked_against_what_milvus_reads(
+    tmp_path: Path,
+) -> None:
+    ratio, policy = (
+        "queryNode.segcore.knowhereThreadPoolNumRatio",
+        "queryNode.scheduler.scheduleReadPolicy.name",
+    )
+    args = ss.parse_args(["--milvus-set", f"{ratio}=1", "--milvus-set", f"{policy}=fifo"])
+    assert args.milvus_set == [(ratio, 1), (policy, "fifo")]
+    assert ss.milvus_setting("a.b=0.5") == ("a.b", 0.5)
+    assert ss.milvus_setting("queryNode.grouping.enabled=False") == (
+        "queryNode.grouping.enabled", False)  # fmt: skip
+    with pytest.raises(SystemExit):
+        ss.parse_args(["--milvus-set", "no-value"])
+    lines = ss.report([server_result()], args)
+    assert f"Milvus settings: {ratio}=1, {policy}=fifo" in lines, lines
+
+    # The package's own writer, as the test server uses it: a key its template has lands in
+    # milvus.yaml; a misspelt one is dropped by the writer, and the check says so.
+    from milvus import MilvusServerConfig
+
+    config = MilvusServerConfig(data_dir=str(tmp_path / "base"))
+    config.set(ratio, 1)
+    config.set(ratio + "oi", 2)
+    config.set(*ss.milvus_setting("queryNode.grouping.enabled=false"))
+    config.resolve_storage()
+    config.write_config()
+    written = tmp_path / "base" / "configs" / "milvus.yaml"
+    ss.check_milvus_settings(written, [(ratio, 1), ("queryNode.grouping.enabled", False)])
+    with pytest.raises(SystemExit, match="knowhereThreadPoolNumRatiooi"):
+        ss.check_milvus_settings(written, [(ratio + "oi", 2)])

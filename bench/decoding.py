@@ -29,6 +29,7 @@ from image_search.imaging import (
     PreprocessSpec,
     _crop,
     _resize_short,
+    _shrink_to_thumbnail,
     _thumbnail_jpeg_bytes,
     decode,
     open_rgb,
@@ -62,8 +63,7 @@ def steps(photos: list[bytes], spec: PreprocessSpec, rounds: int) -> dict[str, f
                            2 * max(spec.resize, THUMBNAIL))  # fmt: skip
             resized = _timed(times, "model resize", _resize_short, im, spec)
             thumb = resized.copy()
-            _timed(times, "thumbnail resize", thumb.thumbnail, (THUMBNAIL, THUMBNAIL),
-                   Image.Resampling.LANCZOS)  # fmt: skip
+            _timed(times, "thumbnail resize", _shrink_to_thumbnail, thumb, THUMBNAIL)
             _timed(times, "thumbnail encode", _thumbnail_jpeg_bytes, thumb)
             _timed(times, "crop", _crop, resized, spec)
             _timed(times, "whole", decode, data, spec, MAX_PIXELS, THUMBNAIL)

@@ -239,17 +239,16 @@ def test_milvus_settings_are_parsed_reported_and_checked_against_what_milvus_rea
     lines = ss.report([server_result()], args)
     assert f"Milvus settings: {ratio}=1, {policy}=fifo" in lines, lines
 
-    # The package's own writer, as the test server uses it: a key its template has lands in
-    # milvus.yaml; a misspelt one is dropped by the writer, and the check says so.
-    from milvus import MilvusServerConfig
+    # The test server's own writer: a key its template has lands in milvus.yaml; a misspelt
+    # one is dropped by the milvus package's writer, and the server refuses to start on it.
+    from tests.servers.milvus import MilvusServer, check_written
 
-    config = MilvusServerConfig(data_dir=str(tmp_path / "base"))
-    config.set(ratio, 1)
-    config.set(ratio + "oi", 2)
-    config.set(*ss.milvus_setting("queryNode.grouping.enabled=false"))
-    config.resolve_storage()
-    config.write_config()
-    written = tmp_path / "base" / "configs" / "milvus.yaml"
-    ss.check_milvus_settings(written, [(ratio, 1), ("queryNode.grouping.enabled", False)])
-    with pytest.raises(SystemExit, match="knowhereThreadPoolNumRatiooi"):
-        ss.check_milvus_settings(written, [(ratio + "oi", 2)])
+    server = MilvusServer(tmp_path / "milvus")
+    server.config.set(*ss.milvus_setting(f"{ratio}=1"))
+    server.config.set(*ss.milvus_setting("queryNode.grouping.enabled=false"))
+    server.config.set(ratio + "oi", 2)
+    with pytest.raises(RuntimeError, match="knowhereThreadPoolNumRatiooi"):
+        server.start()
+    assert server.proc is None  # refused before any process started
+    written = server.config_path
+    check_written(written, {ratio: 1, "queryNode.grouping.enabled": False})

@@ -630,6 +630,9 @@ def start_service(workdir: Path, stores: Stores, choice: IndexChoice) -> process
 @dataclass
 class GetOutcome:
     latencies_s: list[float] = field(default_factory=list)
+    # When each of latencies_s began, in seconds into the phase: where a tail sits in time
+    # (spread out, or requests that began together, such as one batch) is in the JSON.
+    started_s: list[float] = field(default_factory=list)
     statuses: Counter[str] = field(default_factory=Counter)
     bodies: dict[int, Any] = field(default_factory=dict)
     wall_s: float = 0.0
@@ -661,6 +664,7 @@ async def drive_get(url: str, paths: Sequence[str], clients: int, deadline_s: fl
                 out.statuses[str(r.status)] += 1
                 if r.status == 200:
                     out.latencies_s.append(time.perf_counter() - t)
+                    out.started_s.append(t - began)
                     if keep_bodies:
                         out.bodies[i] = json.loads(r.body)
         finally:
@@ -676,7 +680,8 @@ def latency_summary(
     lat_s: Sequence[float], statuses: Counter[str], wall_s: float
 ) -> dict[str, Any]:
     ms = [v * 1000 for v in lat_s]
-    return {"n": len(ms), "p50_ms": percentile(ms, 50), "p99_ms": percentile(ms, 99),
+    return {"n": len(ms), "p50_ms": percentile(ms, 50), "p90_ms": percentile(ms, 90),
+            "p99_ms": percentile(ms, 99), "max_ms": max(ms, default=None),
             "req_s": len(ms) / wall_s if wall_s else None,
             "non_200": {k: v for k, v in statuses.items() if k != "200" and v}}  # fmt: skip
 
@@ -696,14 +701,20 @@ def measure_stored(server: processes.Server, n: int, clients: list[int], request
     asyncio.run(drive_get(server.url, warm, 4, deadline_s))
     for c in clients:
         paths = search_paths(rng.integers(n, size=requests).tolist())
+        logger.info("  GET /sample/meta x%d clients: measuring", c)  # a mark to attach a profiler
         before = cpu.sample(server.proc.pid, marker)
         res = asyncio.run(drive_get(server.url, paths, c, deadline_s))
         after = cpu.sample(server.proc.pid, marker)
         summary = latency_summary(res.latencies_s, res.statuses, res.wall_s)
         summary["cpu"] = cpu.spent(before, after, res.wall_s, len(res.latencies_s))
+        summary["trace"] = [
+            [round(t, 4), round(v * 1000, 2)]
+            for t, v in zip(res.started_s, res.latencies_s, strict=True)
+        ]
         out[f"stored_c{c}"] = summary
         logger.info("  GET /sample/meta x%d clients: %s", c,
-                    json.dumps({k: v for k, v in summary.items() if k != "cpu"}))  # fmt: skip
+                    json.dumps({k: v for k, v in summary.items()
+                                if k not in ("cpu", "trace")}))  # fmt: skip
         logger.info("    CPU: %s", cpu.describe(summary["cpu"], top=8))
     return out
 

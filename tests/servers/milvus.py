@@ -15,7 +15,7 @@ from deployments.cluster import free_port
 from tests.servers.process import ManagedServer
 
 # The components that listen. (Milvus 2.3 has no indexCoord: dataCoord does its work, and its
-# milvus.yaml has no such section, so an ip set there was dropped; _check_written says so now.)
+# milvus.yaml has no such section, so an ip set there was dropped; check_written says so now.)
 _MILVUS_SECTIONS = ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dataCoord",
                     "dataNode")  # fmt: skip
 

@@ -401,17 +401,20 @@ def server_stores(
     segment_mb: int = 0,
     buffer_mb: int = 0,
     milvus_settings: Sequence[tuple[str, int | float | str]] = (),
+    milvus_gomaxprocs: int = 0,
 ) -> Stores:
     """The test plugin's Milvus 2.3.5 standalone and MariaDB, on free loopback ports;
     segment_mb > 0: Milvus seals segments of about that size (0: Milvus's default);
     buffer_mb > 0: MariaDB caches up to that many MB of tables (0: the test server's default);
     milvus_settings: more milvus.yaml keys to set, after those (--milvus-set; the server refuses
-    to start on one its milvus.yaml does not hold)."""
+    to start on one its milvus.yaml does not hold); milvus_gomaxprocs > 0: Milvus's GOMAXPROCS
+    (--milvus-gomaxprocs)."""
     sys.path.insert(0, str(ROOT))  # tests/ is a package of the project, not an installed one
     from tests.servers.mariadb_server import MariaDB
     from tests.servers.milvus import MilvusServer
 
-    milvus, maria = MilvusServer(workdir / "milvus"), MariaDB(workdir / "mariadb")
+    milvus = MilvusServer(workdir / "milvus", gomaxprocs=milvus_gomaxprocs)
+    maria = MariaDB(workdir / "mariadb")
     if segment_mb:
         # Milvus searches every sealed segment with its own HNSW graph: at its defaults (512 MB,
         # sealed at 23%) a million 1280-d vectors make ~40 segments, and a search costs ~40
@@ -862,10 +865,12 @@ def run_store(kind: str, args: argparse.Namespace, basis: Basis, workdir: Path) 
         "index": choice.label(),
         "segment_mb": args.segment_mb if kind == "server" else None,
     }
-    stores = (server_stores(workdir, args.segment_mb, args.mariadb_buffer_mb, args.milvus_set)
+    stores = (server_stores(workdir, args.segment_mb, args.mariadb_buffer_mb, args.milvus_set,
+                            args.milvus_gomaxprocs)
               if kind == "server" else lite_stores(workdir))  # fmt: skip
     if kind == "server":
         out["milvus_settings"] = dict(args.milvus_set)
+        out["milvus_gomaxprocs"] = args.milvus_gomaxprocs or None
     out["mariadb_buffer_mb"] = stores.buffer_mb
     server: processes.Server | None = None
     try:
@@ -945,6 +950,17 @@ def milvus_setting(text: str) -> tuple[str, int | float | str]:
     return key.strip(), value
 
 
+def gomaxprocs(text: str) -> int:
+    """--milvus-gomaxprocs: 0 (Go's default) or more; Go ignores anything else, silently."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive count, got {text!r}")
+    return n
+
+
 # -- report ----------------------------------------------------------------------------------------
 def fmt(v: float | None, digits: int = 0) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
@@ -960,8 +976,11 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> list[str]
         sealed = f"near {args.segment_mb} MB" if args.segment_mb else "at its defaults"
         pool = fmt(server.get("mariadb_buffer_mb"))
         lines.append(f"server: MariaDB's buffer pool {pool} MB, Milvus segments sealed {sealed}")
-        if args.milvus_set:
-            lines.append("Milvus settings: " + ", ".join(f"{k}={v}" for k, v in args.milvus_set))
+        settings = [f"{k}={v}" for k, v in args.milvus_set]
+        if args.milvus_gomaxprocs:
+            settings.append(f"GOMAXPROCS={args.milvus_gomaxprocs}")
+        if settings:
+            lines.append("Milvus settings: " + ", ".join(settings))
     head = (f"{'store':>6} | {'index':<42} | {'insert s':>8} | {'index s':>7} | "
             + " | ".join(f"{'p50/p99 ms x' + str(c):>16}" for c in args.clients)
             + f" | {'file p50 ms':>11} | {'recall served':>13} | {'recall direct':>13} | "
@@ -1043,6 +1062,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--milvus-set", type=milvus_setting, action="append", default=[],
                     metavar="KEY=VALUE", help="Milvus server: set a milvus.yaml key, e.g. "
                     "queryNode.segcore.knowhereThreadPoolNumRatio=1 (repeatable)")  # fmt: skip
+    # Measured at 100,000 vectors (README, five rounds): 1 cut Milvus's CPU a search by about
+    # a fifth at 16 clients, gained searches/s in three rounds of five, slowed its index build
+    # 1.5-2.0x.
+    ap.add_argument("--milvus-gomaxprocs", type=gomaxprocs, default=0, metavar="N",
+                    help="Milvus server: Go's GOMAXPROCS (0: Go's default, one per core); "
+                         "Milvus sizes its thread pools from it too")  # fmt: skip
     ap.add_argument("--ef-sweep", default="64,256,512", help="more HNSW ef to measure recall at")
     ap.add_argument("--serve-ef", default="",
                     help="HNSW ef to serve again with after the configured one (HTTP searches "

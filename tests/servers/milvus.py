@@ -62,8 +62,11 @@ class MilvusServer(ManagedServer):
     # write-ahead log (rocksmq) keeps acknowledged writes across it.
     stop_timeout = 3.0
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, gomaxprocs: int = 0) -> None:
+        """gomaxprocs > 0: Go's GOMAXPROCS for the server (0: Go's own, one per core). Milvus
+        sizes its thread pools from it too (hardware.GetCPUNum), its index build's among them."""
         super().__init__(workdir)
+        self.gomaxprocs = gomaxprocs
         from milvus import MilvusServerConfig
 
         self.config = MilvusServerConfig(data_dir=str(workdir / "base"))
@@ -141,6 +144,8 @@ class MilvusServer(ManagedServer):
             "MILVUS_RUN_DIR": str(base / "run"),
             "LD_LIBRARY_PATH": ":".join(filter(None, [lib, os.environ.get("LD_LIBRARY_PATH")])),
         }
+        if self.gomaxprocs:
+            env["GOMAXPROCS"] = str(self.gomaxprocs)
         return [str(self.bin / "milvus"), "run", "standalone"], env
 
     def _ready(self) -> bool:

@@ -252,3 +252,28 @@ def test_milvus_settings_are_parsed_reported_and_checked_against_what_milvus_rea
     assert server.proc is None  # refused before any process started
     written = server.config_path
     check_written(written, {ratio: 1, "queryNode.grouping.enabled": False})
+
+
+def test_milvus_gomaxprocs_is_parsed_reported_and_put_in_the_milvus_servers_environment(
+    tmp_path: Path,
+) -> None:
+    assert ss.parse_args([]).milvus_gomaxprocs == 0
+    ratio = "queryNode.segcore.knowhereThreadPoolNumRatio"
+    args = ss.parse_args(["--milvus-gomaxprocs", "1", "--milvus-set", f"{ratio}=1"])
+    assert args.milvus_gomaxprocs == 1
+    lines = ss.report([server_result()], args)
+    assert f"Milvus settings: {ratio}=1, GOMAXPROCS=1" in lines, lines
+    for bad in ("-1", "two", ""):
+        with pytest.raises(SystemExit):
+            ss.parse_args(["--milvus-gomaxprocs", bad])
+
+    from tests.servers.milvus import MilvusServer
+
+    # In the server's environment only when asked for: 0 leaves Go's default (one per core).
+    default = MilvusServer(tmp_path / "a")
+    default._prepared = True  # the environment alone; no binaries unpacked, no config written
+    assert "GOMAXPROCS" not in default._command()[1]
+    one = MilvusServer(tmp_path / "b", gomaxprocs=1)
+    one._prepared = True
+    cmd, env = one._command()
+    assert env["GOMAXPROCS"] == "1" and cmd[-2:] == ["run", "standalone"]

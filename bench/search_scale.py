@@ -952,13 +952,9 @@ def milvus_setting(text: str) -> tuple[str, int | float | str]:
 
 def gomaxprocs(text: str) -> int:
     """--milvus-gomaxprocs: 0 (Go's default) or more; Go ignores anything else, silently."""
-    try:
-        n = int(text)
-    except ValueError:
-        n = -1
-    if n < 0:
+    if not text.isdigit():
         raise argparse.ArgumentTypeError(f"expected 0 or a positive count, got {text!r}")
-    return n
+    return int(text)
 
 
 # -- report ----------------------------------------------------------------------------------------

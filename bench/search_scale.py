@@ -1058,9 +1058,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--milvus-set", type=milvus_setting, action="append", default=[],
                     metavar="KEY=VALUE", help="Milvus server: set a milvus.yaml key, e.g. "
                     "queryNode.segcore.knowhereThreadPoolNumRatio=1 (repeatable)")  # fmt: skip
-    # Measured at 100,000 vectors (README, five rounds): 1 cut Milvus's CPU a search by about
-    # a fifth at 16 clients, gained searches/s in three rounds of five, slowed its index build
-    # 1.5-2.0x.
+    # Measured and not kept as advice; the figures are in the README ("Nor is it Go's
+    # scheduler in Milvus").
     ap.add_argument("--milvus-gomaxprocs", type=gomaxprocs, default=0, metavar="N",
                     help="Milvus server: Go's GOMAXPROCS (0: Go's default, one per core); "
                          "Milvus sizes its thread pools from it too")  # fmt: skip

@@ -46,6 +46,7 @@ import logging
 import os
 import random
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -394,6 +395,30 @@ class Stores:
     env: dict[str, str] = field(default_factory=dict)
     buffer_mb: int | None = None  # MariaDB's InnoDB buffer pool, as the server reports it
     stop: Callable[[], None] = lambda: None
+    # The vector server's exit status once it has exited, None while it runs. Lite's server is
+    # a daemon of the service's own (not our child), so its status is not known: None.
+    vector_exit: Callable[[], int | None] = lambda: None
+
+
+class StoreDied(RuntimeError):
+    """The vector server exited while the benchmark used it."""
+
+
+def exit_reason(status: int) -> str:
+    """A child's exit status (Popen.returncode) in words."""
+    if status >= 0:
+        return f"exited with status {status}"
+    try:
+        name = signal.Signals(-status).name
+    except ValueError:
+        name = f"signal {-status}"
+    if -status == signal.SIGKILL:
+        # The benchmark stops its servers with SIGTERM, so a SIGKILL came from elsewhere: a
+        # million 1280-d vectors in one segment took Milvus to 20-23 GB while it built the
+        # index, and the kernel killed it once on a 24 GB machine (README).
+        return (f"was killed by {name}, which on Linux, when nobody sent it, is the kernel's "
+                "out-of-memory killer (`dmesg` says)")  # fmt: skip
+    return f"was killed by {name}"
 
 
 def server_stores(
@@ -452,7 +477,8 @@ def server_stores(
         raise
     return Stores("server", big, small, milvus.uri, milvus.uri,
                   lambda: milvus.proc.pid if milvus.proc else None, stop=stop,
-                  buffer_mb=int(pool) >> 20)  # fmt: skip
+                  buffer_mb=int(pool) >> 20,
+                  vector_exit=lambda: milvus.proc.poll() if milvus.proc else None)  # fmt: skip
 
 
 def lite_stores(workdir: Path) -> Stores:
@@ -512,7 +538,10 @@ def vector_index(endpoint: str, choice: IndexChoice, timeout_s: float = 5.0,
 def fill_vectors(stores: Stores, choice: IndexChoice, basis: Basis, n: int) -> dict[str, float]:
     """Insert n vectors (new keys) in batches, flush, and wait until the index covers every
     row."""
-    index = vector_index(stores.endpoint, choice, timeout_s=600, lite=stores.kind == "lite")
+    lite = stores.kind == "lite"
+    index = vector_index(stores.endpoint, choice, timeout_s=600, lite=lite)
+    if not lite:
+        release(stores.endpoint, index)
     began = time.monotonic()
     last_log = began
     for start, x in chunks(basis, n):
@@ -525,7 +554,6 @@ def fill_vectors(stores: Stores, choice: IndexChoice, basis: Basis, n: int) -> d
             logger.info("  %d / %d vectors, %.0f/s", start + len(x), n, rate)
     index.flush()
     inserted = time.monotonic() - began
-    lite = stores.kind == "lite"
     built = wait_indexed(stores.endpoint, index.collection, n, lite=lite)
     quiet = wait_quiet(stores.vector_pid)
     if quiet > QUIET_WINDOW_S and not lite:  # it may have changed the segments meanwhile
@@ -537,6 +565,23 @@ def fill_vectors(stores: Stores, choice: IndexChoice, basis: Basis, n: int) -> d
     first = time.monotonic() - began
     return {"insert_s": inserted, "index_wait_s": built, "quiet_wait_s": quiet,
             "first_search_s": first, "vectors_per_s": n / inserted}  # fmt: skip
+
+
+def release(endpoint: str, index: Any) -> None:
+    """Release a Milvus server's collection for a bulk load (wait_indexed loads it again).
+
+    Loaded, the query node holds every unsealed row as a growing segment (5 GB for a million
+    1280-d vectors) until their sealed segment's index is built and loaded, beside the build's
+    own copies: Milvus 2.3.5 then reached 22 GB and the kernel killed it on a 24 GB machine
+    (README). Released, the rows go to the data node only: insert, index, then load, the bulk
+    order Milvus's documentation gives.
+    """
+    index.ping()  # connects, which creates the collection and loads it as the service does
+    client = admin_client(endpoint, lite=False)
+    try:
+        client.release_collection(index.collection, timeout=60)
+    finally:
+        client.close()
 
 
 def wait_quiet(pid: Callable[[], int | None], max_s: float = QUIET_MAX_S) -> float:
@@ -873,8 +918,9 @@ def run_store(kind: str, args: argparse.Namespace, basis: Basis, workdir: Path) 
         out["milvus_gomaxprocs"] = args.milvus_gomaxprocs or None
     out["mariadb_buffer_mb"] = stores.buffer_mb
     server: processes.Server | None = None
+    peak = PeakSampler(stores.vector_pid)
     try:
-        with PeakSampler(stores.vector_pid) as peak:
+        with peak:
             out["metadata_insert_s"] = fill_metadata(stores.metadata_uri, args.vectors)
             logger.info("  %d metadata rows in %.0fs", args.vectors, out["metadata_insert_s"])
             fill_metadata(stores.small_metadata_uri, args.small_rows)
@@ -923,6 +969,18 @@ def run_store(kind: str, args: argparse.Namespace, basis: Basis, workdir: Path) 
                                                     args.deadline)  # fmt: skip
                 logger.info("  served recall@10 at ef %d: %s", ef, fmt(at["recall_served"], 4))
                 out.setdefault("http_at_ef", {})[str(ef)] = at
+    except Exception as exc:
+        status = stores.vector_exit()
+        if status is None:
+            raise
+        # What failed is then only the symptom (a refused connection, many frames deep): say
+        # what happened to the server instead.
+        symptom = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise StoreDied(
+            f"{kind}: the vector server (pid {stores.vector_pid()}) "
+            f"{exit_reason(status)}; its memory peaked at {peak.peak:.0f} MB "
+            f"(sampled every {peak.every_s:.0f} s); then {symptom}"
+        ) from exc
     finally:
         if server is not None:
             with SIGNALS.uninterrupted():
@@ -1112,6 +1170,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         logger.error("interrupted; everything started is stopped")
         return 130
+    except StoreDied as exc:
+        logger.error("%s. Everything started is stopped.", exc)
+        return 1
     return 0
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from bench import search_scale as ss
+from bench.compare import SIGNALS
 from image_search.records import milvus_id_for, valid_meta_uuid
 from image_search.stores.base import LIVE
 from image_search.stores.metadata import Content, SqlMetadataStore
@@ -277,3 +278,104 @@ def test_milvus_gomaxprocs_is_parsed_reported_and_put_in_the_milvus_servers_envi
     one._prepared = True
     cmd, env = one._command()
     assert env["GOMAXPROCS"] == "1" and cmd[-2:] == ["run", "standalone"]
+
+
+def refused_run(monkeypatch: pytest.MonkeyPatch, status: int | None) -> list[str]:
+    """run_store on stores whose vector server has exited with `status` (None: still running)
+    and whose first call is refused; returns what was stopped."""
+    stopped: list[str] = []
+    stores = ss.Stores("server", "sqlite://", "sqlite://", "http://127.0.0.1:1",
+                       "http://127.0.0.1:1", os.getpid, vector_exit=lambda: status,
+                       stop=lambda: stopped.append("stopped"))  # fmt: skip
+    monkeypatch.setattr(ss, "server_stores", lambda *a, **k: stores)
+
+    def refused(uri: str, n: int) -> float:
+        raise ConnectionError("Fail connecting to server on 127.0.0.1:1\nsecond line")
+
+    monkeypatch.setattr(ss, "fill_metadata", refused)
+    return stopped
+
+
+@pytest.mark.parametrize(
+    ("status", "words", "not_said"),
+    [(-signal.SIGKILL, "was killed by SIGKILL, which on Linux", None),
+     (-signal.SIGTERM, "was killed by SIGTERM;", "out-of-memory"),
+     (3, "exited with status 3;", "out-of-memory")],
+)  # fmt: skip
+def test_a_vector_server_that_exits_mid_run_is_named_instead_of_the_refused_call(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    basis: ss.Basis,
+    status: int,
+    words: str,
+    not_said: str | None,
+) -> None:
+    stopped = refused_run(monkeypatch, status)
+    with pytest.raises(ss.StoreDied) as died:
+        ss.run_store("server", ss.parse_args(["--store", "server"]), basis, tmp_path)
+    said = str(died.value)
+    assert said.startswith(f"server: the vector server (pid {os.getpid()}) {words}"), said
+    assert "its memory peaked at" in said and said.endswith("127.0.0.1:1"), said
+    assert not_said is None or not_said not in said
+    assert isinstance(died.value.__cause__, ConnectionError) and stopped == ["stopped"]
+
+
+def test_a_failure_while_the_vector_server_runs_is_raised_as_it_is(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, basis: ss.Basis
+) -> None:
+    stopped = refused_run(monkeypatch, None)
+    with pytest.raises(ConnectionError, match=r"^Fail connecting"):
+        ss.run_store("server", ss.parse_args(["--store", "server"]), basis, tmp_path)
+    assert stopped == ["stopped"]
+
+
+def test_main_reports_a_dead_vector_server_in_one_line_and_exits_1(
+    monkeypatch: pytest.MonkeyPatch, basis: ss.Basis, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(SIGNALS, "install", lambda: None)  # pytest's own handlers stay
+    monkeypatch.setattr(ss, "embed_views", lambda *a, **k: basis.views)
+
+    def dies(*a: Any, **k: Any) -> dict[str, Any]:
+        raise ss.StoreDied("server: the vector server (pid 1) was killed by SIGKILL")
+
+    monkeypatch.setattr(ss, "run_store", dies)
+    with caplog.at_level("ERROR", logger=ss.logger.name):
+        assert ss.main(["--store", "server", "--vectors", "100"]) == 1
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        "server: the vector server (pid 1) was killed by SIGKILL. Everything started is stopped."
+    ]
+
+
+@pytest.mark.parametrize(("kind", "released"), [("server", True), ("lite", False)])
+def test_a_milvus_servers_collection_is_released_before_the_bulk_insert(
+    monkeypatch: pytest.MonkeyPatch, basis: ss.Basis, kind: str, released: bool
+) -> None:
+    calls: list[str] = []
+
+    class Index:
+        collection = "image_vectors"
+
+        def insert_new(self, ids: list[int], x: np.ndarray) -> None:
+            calls.append("insert")
+
+        def flush(self) -> None:
+            calls.append("flush")
+
+        def search(self, x: np.ndarray, limit: int) -> list[Any]:
+            calls.append("search")
+            return []
+
+    def waited(*a: Any, **k: Any) -> float:
+        calls.append("load")  # wait_indexed loads the collection once its index is built
+        return 0.0
+
+    monkeypatch.setattr(ss, "vector_index", lambda *a, **k: Index())
+    monkeypatch.setattr(ss, "release", lambda endpoint, index: calls.append("release"))
+    monkeypatch.setattr(ss, "wait_indexed", waited)
+    monkeypatch.setattr(ss, "wait_quiet", lambda pid: 0.0)
+    stores = ss.Stores(kind, "sqlite://", "sqlite://", "x", "http://127.0.0.1:1", lambda: None)
+    choice = ss.IndexChoice("HNSW", {}, {})
+    ss.fill_vectors(stores, choice, basis, 3)
+    inserts = ["insert"] * len(calls[int(released) : calls.index("flush")])
+    assert calls == ["release"] * released + inserts + ["flush", "load", "search"]
+    assert inserts

@@ -22,7 +22,8 @@ bulk through the metadata store's SQLAlchemy tables and engine, shaped as the In
 them (sha256-derived milvus_id, refs 1), so GET /meta/image/count, the list and GET
 /sample/meta/{meta_uuid} serve them. The image bytes are not written: search by a stored image
 reads the row and the vector, never the object, so the object store stays empty (GET /files
-and thumbnails of these rows would 404).
+and thumbnails of these rows would 404). A Milvus server's collection is released while the
+vectors go in and loaded once their index is built (release() says why).
 
 What is measured, per store ("server": the test plugin's Milvus 2.3.5 standalone with HNSW +
 MariaDB; "lite": Milvus Lite + SQLite, the embedded default): insert and index build time,
@@ -414,8 +415,9 @@ def exit_reason(status: int) -> str:
         name = f"signal {-status}"
     if -status == signal.SIGKILL:
         # The benchmark stops its servers with SIGTERM, so a SIGKILL came from elsewhere: a
-        # million 1280-d vectors in one segment took Milvus to 20-23 GB while it built the
-        # index, and the kernel killed it once on a 24 GB machine (README).
+        # million 1280-d vectors in one segment took Milvus to 21-22 GB while it built the
+        # index into a loaded collection, and the kernel killed it twice on a 24 GB machine
+        # (README; release() is why it no longer does).
         return (f"was killed by {name}, which on Linux, when nobody sent it, is the kernel's "
                 "out-of-memory killer (`dmesg` says)")  # fmt: skip
     return f"was killed by {name}"

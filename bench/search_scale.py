@@ -414,10 +414,8 @@ def exit_reason(status: int) -> str:
     except ValueError:
         name = f"signal {-status}"
     if -status == signal.SIGKILL:
-        # The benchmark stops its servers with SIGTERM, so a SIGKILL came from elsewhere: a
-        # million 1280-d vectors in one segment took Milvus to 21-22 GB while it built the
-        # index into a loaded collection, and the kernel killed it twice on a 24 GB machine
-        # (README; release() is why it no longer does).
+        # The benchmark stops its servers with SIGTERM, so a SIGKILL came from elsewhere;
+        # release() tells the time the kernel sent it.
         return (f"was killed by {name}, which on Linux, when nobody sent it, is the kernel's "
                 "out-of-memory killer (`dmesg` says)")  # fmt: skip
     return f"was killed by {name}"

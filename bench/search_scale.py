@@ -1116,7 +1116,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--milvus-set", type=milvus_setting, action="append", default=[],
                     metavar="KEY=VALUE", help="Milvus server: set a milvus.yaml key, e.g. "
                     "queryNode.segcore.knowhereThreadPoolNumRatio=1 (repeatable)")  # fmt: skip
-    # Measured and not kept as advice; the figures are in the README ("Nor is it Go's
+    # Measured and not kept as advice; the figures are in docs/performance.md ("Nor is it Go's
     # scheduler in Milvus").
     ap.add_argument("--milvus-gomaxprocs", type=gomaxprocs, default=0, metavar="N",
                     help="Milvus server: Go's GOMAXPROCS (0: Go's default, one per core); "

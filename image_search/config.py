@@ -76,7 +76,8 @@ class LimitSettings(_Section):
     body_idle_timeout_s: float = Field(30.0, gt=0)
     # One upload's or search's trip through the graph, at most; then 503 + Retry-After. A
     # call under way on a replica whose node dies may never answer (deployments.flows
-    # .bounded); this is far above any load's latency (p99 1.7 s at 16 clients, README).
+    # .bounded); this is far above any load's latency (p99 under 2 s at 16 clients on the
+    # slowest host measured, docs/performance.md).
     graph_timeout_s: float = Field(30.0, gt=0)
 
 

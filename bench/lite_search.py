@@ -81,6 +81,7 @@ def build(folder: Path, rows: int, dim: int, settings: Any) -> tuple[Any, Any]:
     for first in range(0, rows, INSERT_BATCH):
         insert(first, min(INSERT_BATCH, rows - first))
     c.flush()
+    c._wait_for_bg()  # the flush's compaction and index builds, in Lite's own thread: settled
     c.release()
     c.load()  # builds each segment's HNSW graph
     insert(rows, TAIL_ROWS)

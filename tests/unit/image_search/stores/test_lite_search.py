@@ -19,6 +19,7 @@ import pytest
 milvus_lite = pytest.importorskip("milvus_lite")
 
 from milvus_lite.db import MilvusLite  # noqa: E402
+from milvus_lite.index.faiss_hnsw import FaissHnswIndex  # noqa: E402
 from milvus_lite.schema.types import CollectionSchema, DataType, FieldSchema  # noqa: E402
 from milvus_lite.search.executor_indexed import execute_search_with_index  # noqa: E402
 
@@ -58,6 +59,10 @@ def collection(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     c.upsert(_rows(rng, range(100, 110), tag=4))  # newer than their flushed rows
     c.delete([*range(20, 25), 360, 361, 362])  # flushed rows and memtable rows
     c.insert(_rows(rng, range(361, 362), tag=5))  # deleted, then written again
+    # Each flush leaves Milvus Lite compacting and building indexes in a thread of its own; a
+    # segment whose index lands between the two searches of a comparison is searched exactly by
+    # one and by HNSW by the other. Compare on the settled collection, as a server serves it.
+    c._wait_for_bg()
     yield c
     db.close()
 
@@ -86,6 +91,7 @@ def test_the_snapshot_has_every_case(collection: Any) -> None:
     segments = tuple(s for s in args["segments"] if s.num_rows > 0)
     state = lite_search._Cache().get(segments)
     assert len(segments) >= 2
+    assert all(isinstance(s.indexes.get("vector"), FaissHnswIndex) for s in segments)
     assert any(w is not None for w in state.winners), "no key lives in two segments"
     assert args["delta_index"].snapshot, "no flushed tombstone"
     assert collection._memtable.delete_index_snapshot(), "no tombstone in the memtable"

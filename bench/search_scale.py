@@ -415,7 +415,7 @@ def exit_reason(status: int) -> str:
         name = f"signal {-status}"
     if -status == signal.SIGKILL:
         # The benchmark stops its servers with SIGTERM, so a SIGKILL came from elsewhere;
-        # release() tells the time the kernel sent it.
+        # release()'s docstring says when the kernel sent it in this benchmark's runs.
         return (f"was killed by {name}, which on Linux, when nobody sent it, is the kernel's "
                 "out-of-memory killer (`dmesg` says)")  # fmt: skip
     return f"was killed by {name}"

@@ -18,7 +18,9 @@ def test_records_that_share_a_line_are_read_apart_and_in_order() -> None:
 
 
 def test_replay_keeps_the_complete_writes_only() -> None:
-    def record(method: str, declared: str | None, body: str, encoded: bool = False) -> Any:
+    def record(
+        method: str, declared: str | None, body: str, encoded: bool = False
+    ) -> dict[str, Any]:
         headers = {"Host": "s3"} | ({"content-length": declared} if declared else {})
         return {"method": method, "url": "/b/k", "headers": headers, "body": body,
                 "body_encoded": encoded}  # fmt: skip

@@ -106,16 +106,14 @@ def baseline() -> Candidate:
 def rebuild(stores: Stores, choice: IndexChoice, n: int) -> float:
     """Replace the collection's index with choice's, loaded and quiet; seconds to build."""
     client = admin_client(stores.endpoint, lite=False)
-    collection = vector_index(stores.endpoint, choice).collection
+    index = vector_index(stores.endpoint, choice)
+    collection = index.collection
     began = time.monotonic()
     try:
         client.release_collection(collection, timeout=600)
         for name in client.list_indexes(collection, timeout=60):
             client.drop_index(collection, name, timeout=600)
-        params = client.prepare_index_params()
-        params.add_index(field_name="vector", index_type=choice.index_type, metric_type="L2",
-                         params=choice.index_params)  # fmt: skip
-        client.create_index(collection, params, timeout=7200)
+        client.create_index(collection, index.index_spec(client), timeout=7200)
     finally:
         client.close()
     wait_indexed(stores.endpoint, collection, n, lite=False)

@@ -166,7 +166,7 @@ class MilvusVectorIndex:
                 )
             if not client.list_indexes(self.collection, timeout=self.timeout_s):
                 # A create that died between the collection and its index (server stopped).
-                client.create_index(self.collection, self._index_params(client),
+                client.create_index(self.collection, self.index_spec(client),
                                     timeout=self.timeout_s)  # fmt: skip
             # Instant when loaded. A restarted server reloads in the background and takes a
             # while: give up after the short timeout (a fast 503), ask again on the next call.
@@ -180,7 +180,7 @@ class MilvusVectorIndex:
         client.create_collection(
             self.collection,
             schema=schema,
-            index_params=self._index_params(client),
+            index_params=self.index_spec(client),
             consistency_level=self.consistency_level,
             properties={PROP_MODEL: self.model_id, PROP_DIM: str(self.dim),
                         **({PROP_REGIONS: self.regions} if self.regions else {})},
@@ -194,7 +194,9 @@ class MilvusVectorIndex:
         Read when the client connects; through _call, so an outage is a StoreUnavailable."""
         return self._call("describe", lambda _c: self.regions)
 
-    def _index_params(self, client: MilvusClient) -> Any:
+    def index_spec(self, client: MilvusClient) -> Any:
+        """The index this store builds on its vectors (type, metric, parameters), as `client`
+        takes it; public for a benchmark that rebuilds a collection's index (bench.index_cost)."""
         index = client.prepare_index_params()
         index.add_index(
             field_name="vector",
@@ -453,7 +455,7 @@ class MilvusRegionIndex(MilvusVectorIndex):
         client.create_collection(
             self.collection,
             schema=schema,
-            index_params=self._index_params(client),
+            index_params=self.index_spec(client),
             consistency_level=self.consistency_level,
             properties={PROP_MODEL: self.model_id, PROP_DIM: str(self.dim)},
             timeout=self._slow_timeout,

@@ -42,9 +42,11 @@ from bench import processes
 from bench.compare import SIGNALS, machine
 from bench.search_scale import (
     DEFAULT_EVALSET,
+    ROOT,
     SEARCH_LIMIT,
     Basis,
     IndexChoice,
+    K,
     Stores,
     admin_client,
     chunk,
@@ -60,8 +62,6 @@ from bench.search_scale import (
 
 logger = logging.getLogger("bench.index_cost")
 
-ROOT = Path(__file__).resolve().parents[1]
-K = 10
 # SCANN (Milvus 2.3's IVF with 4-bit fast-scan codes, re-ranked on the raw vectors): nlist
 # about sqrt(N) (k-means on 1M x 1280 at 1024 lists took 6 minutes of both cores), and the
 # nprobe range over which its recall crosses HNSW's.

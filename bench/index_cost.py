@@ -41,6 +41,7 @@ import numpy as np
 from bench import processes
 from bench.compare import SIGNALS, machine
 from bench.search_scale import (
+    DEFAULT_CACHE,
     DEFAULT_EVALSET,
     ROOT,
     SEARCH_LIMIT,
@@ -235,7 +236,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=6144,
         help="seal segments near this size (bench.search_scale says why)",
     )
-    ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "ise-search-scale")
+    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--out", type=Path, help="write the results here as JSON")
     args = ap.parse_args(argv)
     if not args.index:

@@ -96,6 +96,8 @@ K = 10  # recall@K
 SMALL_ROWS = 10_000  # the metadata baseline's size
 VIEW_SIDE = 800  # photos are shrunk to this long side before views are cut (speed)
 DEFAULT_EVALSET = Path(tempfile.gettempdir()) / "evalset"
+# The real views' vectors, kept between runs (and shared with bench.index_cost).
+DEFAULT_CACHE = Path(tempfile.gettempdir()) / "ise-search-scale"
 SHORT = {"vectors": 5_000, "store": "lite", "views": 60, "queries": 50, "requests": 60,
          "file_requests": 4, "clients": "1,4", "small_rows": 2_000, "ef_sweep": ""}  # fmt: skip
 
@@ -1126,7 +1128,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="HNSW ef to serve again with after the configured one (HTTP searches "
                          "by stored image and served recall at each), e.g. 64")  # fmt: skip
     ap.add_argument("--ready-timeout", type=float, default=600.0)
-    ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "ise-search-scale")
+    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--keep", action="store_true", help="keep the work folders")
     args = ap.parse_args(argv)
     if args.short:

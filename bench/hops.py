@@ -4,13 +4,16 @@ A hop is a DeploymentHandle call from one replica to another on the same node: t
 serialised, goes through the object store when large, and is read on the other side. Measured
 for an empty call and for the payloads the graph moves (an upload's bytes, the model's
 pixels, a thumbnail), beside decoding the same photos: a hop is worth removing only when it
-costs a fair share of the work around it.
-    python -m bench.hops [--calls 60]
+costs a fair share of the work around it. Then the CPU a call costs the two processes, sent
+alone (8 under way at once) and eight in one call through the replica's `many`, as the Ingress
+sends them under load (deployments/hops.py): the baseline and the batched way in one run.
+    python -m bench.hops [--calls 60] [--cpu-calls 400]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import statistics
 import time
@@ -21,6 +24,8 @@ import numpy as np
 from bench.photos import real_photos, to_jpeg
 
 logger = logging.getLogger("bench.hops")
+# The payloads of the Ingress's batched calls, for the CPU figures.
+CPU_PAYLOADS = ("empty call", "model pixels (224x224x3 uint8)", "1600x1200 JPEG bytes")
 
 
 def _payloads() -> dict[str, Any]:
@@ -54,12 +59,14 @@ def _decode_ms(data: bytes, calls: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=60)
+    parser.add_argument("--cpu-calls", type=int, default=400, help="calls per CPU figure")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     from ray import serve
 
     from deployments.cluster import init_local_ray
+    from deployments.hops import Call, run_many
     from deployments.replica_port import listen_on_node_address
 
     # Each listens where the service's replicas listen (deployments/replica_port.py).
@@ -68,8 +75,14 @@ def main(argv: list[str] | None = None) -> int:
         def __init__(self) -> None:
             listen_on_node_address()
 
-        def take(self, payload: Any) -> int:
+        async def take(self, payload: Any) -> int:
             return len(payload)
+
+        async def many(self, calls: list[Call]) -> list[Any]:
+            return await run_many(self, ("take",), calls)
+
+        def cpu(self) -> float:
+            return time.process_time()
 
     @serve.deployment(ray_actor_options={"num_cpus": 0.1})
     class Caller:
@@ -87,6 +100,23 @@ def main(argv: list[str] | None = None) -> int:
                 out.append(time.perf_counter() - t)
             return out
 
+        async def cpu_per_call(self, payload: Any, calls: int, batch: int) -> tuple[float, float]:
+            """ms of CPU a call, (this process, Sink's), for `calls` calls: alone, 8 under
+            way at once, or `batch` to a call of Sink.many, 2 under way (hops.LANES)."""
+            lanes = asyncio.Semaphore(8 if batch == 1 else 2)
+
+            async def send() -> None:
+                async with lanes:
+                    if batch == 1:
+                        await self.sink.take.remote(payload)
+                    else:
+                        await self.sink.many.remote([("take", (payload,))] * batch)
+
+            mine, theirs = time.process_time(), await self.sink.cpu.remote()
+            await asyncio.gather(*(send() for _ in range(calls // batch)))
+            mine, theirs = time.process_time() - mine, await self.sink.cpu.remote() - theirs
+            return 1000 * mine / calls, 1000 * theirs / calls
+
     payloads = _payloads()
     init_local_ray(namespace="bench-hops")
     try:
@@ -97,6 +127,12 @@ def main(argv: list[str] | None = None) -> int:
             handle.time_calls.remote(payload, 5).result()  # warm-up
             times = handle.time_calls.remote(payload, args.calls).result()
             rows.append((name, size, 1000 * statistics.median(times)))
+        cpu_rows = []
+        for name in CPU_PAYLOADS:
+            handle.cpu_per_call.remote(payloads[name], 80, 1).result()  # warm-up
+            alone = handle.cpu_per_call.remote(payloads[name], args.cpu_calls, 1).result()
+            eights = handle.cpu_per_call.remote(payloads[name], args.cpu_calls, 8).result()
+            cpu_rows.append((name, alone, eights))
         decodes = {
             "1600x1200": _decode_ms(payloads["1600x1200 JPEG bytes"], 10),
             "4000x3000": _decode_ms(payloads["4000x3000 JPEG bytes"], 5),
@@ -107,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
 
         ray.shutdown()
     _report(rows, decodes, args.calls)
+    _report_cpu(cpu_rows, args.cpu_calls)
     return 0
 
 
@@ -118,6 +155,17 @@ def _report(rows: list[tuple[str, int, float]], decodes: dict[str, float], calls
     lines.append("")
     for photo, ms in decodes.items():
         lines.append(f"decode + thumbnail of a {photo} JPEG (one thread): {ms:.1f} ms")
+    logger.info("\n".join(lines))
+
+
+def _report_cpu(rows: list[tuple[str, tuple[float, float], tuple[float, float]]],
+                calls: int) -> None:  # fmt: skip
+    lines = [f"CPU a call costs, caller + callee, ms ({calls} calls each)", ""]
+    lines.append(f"{'payload':<34}{'alone':>16}{'8 in one call':>18}{'ratio':>8}")
+    for name, alone, eights in rows:
+        a, e = sum(alone), sum(eights)
+        lines.append(f"{name:<34}{a:>7.2f} ({alone[0]:.2f}+{alone[1]:.2f})"
+                     f"{e:>9.2f} ({eights[0]:.2f}+{eights[1]:.2f}){e / a:>7.2f}x")  # fmt: skip
     logger.info("\n".join(lines))
 
 

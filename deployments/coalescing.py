@@ -1,4 +1,5 @@
-"""Calls coalesced into batches without waiting for company: the Indexer's writes and searches.
+"""Calls coalesced into batches without waiting for company: the Indexer's writes and searches,
+and the Ingress's calls to the other deployments (deployments/hops.py).
 
 serve.batch forms each batch the moment its wait ends and only then queues it behind the one
 running, so with no wait (an idle request must not wait) its batches are of one almost
@@ -18,28 +19,39 @@ R = TypeVar("R")
 
 
 class Coalescer(Generic[T, R]):
-    """`await coalescer(item)`: `run` is called with lists of items, one list at a time, and
-    returns one result per item, in order. An exception from `run` is every caller's in that
-    batch; the next batch runs regardless."""
+    """`await coalescer(item)`: `run` is called with lists of items, up to `lanes` lists at a
+    time, and returns one result per item, in order. An exception from `run` is every caller's
+    in that batch; the next batch runs regardless. A call that finds a lane free goes at once;
+    the calls that find every lane busy go together in the next free one."""
 
     def __init__(
-        self, run: Callable[[list[T]], Awaitable[list[R]]], max_size: int, name: str
+        self,
+        run: Callable[[list[T]], Awaitable[list[R]]],
+        max_size: int,
+        name: str,
+        lanes: int = 1,
     ) -> None:
-        if max_size < 1:
-            raise ValueError(f"max_size must be at least 1, got {max_size}")
+        if max_size < 1 or lanes < 1:
+            raise ValueError(f"max_size and lanes must be at least 1, got {max_size}, {lanes}")
         self._run = run
         self.max_size = max_size
+        self.lanes = lanes
         self.name = name
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
-        self._worker: asyncio.Task[None] | None = None
+        # Kept here so that a running task cannot be collected mid-run.
+        self._workers: set[asyncio.Task[None]] = set()
 
     async def __call__(self, item: T) -> R:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
-        if self._worker is None:
+        # Counted by done(), not by membership: a lane that has just ended stays in the set
+        # until its done-callback runs, and a call that counted it would wait with no lane.
+        if sum(not w.done() for w in self._workers) < self.lanes:
             # Started, not awaited: the calls made in this turn of the loop join its first
-            # batch, and the task is kept here so it cannot be collected mid-run.
-            self._worker = asyncio.create_task(self._drain(), name=f"coalesce-{self.name}")
+            # batch (a lane started after it may then find nothing left, and end).
+            task = asyncio.create_task(self._drain(), name=f"coalesce-{self.name}")
+            self._workers.add(task)
+            task.add_done_callback(self._workers.discard)
         return await future
 
     async def _drain(self) -> None:
@@ -51,12 +63,14 @@ class Coalescer(Generic[T, R]):
                 if live:
                     await self._one(live)
         finally:
-            self._worker = None
-            # Left only when this task was cancelled (the replica stopping): nobody would run
-            # these, so their callers are told rather than left waiting.
-            for _, future in self._pending:
-                future.cancel()
-            self._pending.clear()
+            me = asyncio.current_task()
+            if not any(w is not me and not w.done() for w in self._workers):
+                # Left with calls waiting only when the lanes were cancelled (the replica
+                # stopping): nobody would run these, so their callers are told rather than
+                # left waiting.
+                for _, future in self._pending:
+                    future.cancel()
+                self._pending.clear()
 
     async def _one(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         try:

@@ -4,8 +4,11 @@ instead (Embedder.embed_query says why)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from ray import serve
 
+from deployments.hops import Call, run_many
 from deployments.replica_port import listen_on_node_address
 from image_search.config import settings_from_json
 from image_search.decoding import Decoding
@@ -25,3 +28,7 @@ class Decoder:
     def facts(self, data: bytes) -> ImageFacts:
         """For content already indexed: its size and thumbnail only; no pixels leave here."""
         return self.decoding.facts(data)
+
+    async def many(self, calls: list[Call]) -> list[Any]:
+        """Several of the Ingress's decode calls in one hop (deployments/hops.py)."""
+        return await run_many(self, ("decode",), calls)

@@ -16,6 +16,7 @@ import numpy as np
 from ray import serve
 
 from deployments import metrics
+from deployments.hops import Call, run_many
 from deployments.replica_port import listen_on_node_address
 from image_search.config import settings_from_json
 from image_search.decoding import Decoding
@@ -98,6 +99,11 @@ class Embedder:
         """An uploaded file's vector (batched with the concurrent ones) and the facts of its
         decode that the Indexer stores: the pixels stop here, they go no further."""
         return EmbeddedUpload(await self.embed(image), image.facts())
+
+    async def many(self, calls: list[Call]) -> list[Any]:
+        """Several of the Ingress's embed_upload and embed_query calls in one hop
+        (deployments/hops.py); their images go through `embed` together."""
+        return await run_many(self, ("embed_upload", "embed_query"), calls)
 
     def info(self) -> dict[str, Any]:
         """model_id, dim, and the runtime and precision it resolved to, with the reason."""

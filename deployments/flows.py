@@ -10,10 +10,12 @@ alternated four times with bench.compare (README, "How it works").
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
+from deployments.hops import BatchedHandle
 from image_search.config import Settings
 from image_search.duplicates import DuplicatePage, DuplicateQuery, check_threshold
 from image_search.embedding import EmbeddedUpload, Embedding
@@ -98,8 +100,19 @@ class IngressFlows:
         self.embedder = embedder
         self.indexer = indexer
         self.settings = settings
+        # The hot path's calls, sent together under load (deployments/hops.py), each lane's
+        # call bounded as a request's trip is, and shielded: a write under way finishes whole.
+        lane_bound = functools.partial(self.bounded, shield=True)
+        self.to_decoder = BatchedHandle(decoder, "decoder", lane_bound)
+        self.to_embedder = BatchedHandle(embedder, "embedder", lane_bound)
+        self.to_indexer = BatchedHandle(indexer, "indexer", lane_bound)
         self._has_regions = False
         self._regions_checked = -float("inf")
+
+    def set_lanes(self, lanes: int) -> None:
+        """Calls under way at once to each deployment before the next ones go together."""
+        for hop in (self.to_decoder, self.to_embedder, self.to_indexer):
+            hop.set_lanes(lanes)
 
     def bounded(self, call: Awaitable[T], shield: bool = False) -> Awaitable[T]:
         """One upload's or search's trip through the graph, bounded (see `bounded`)."""
@@ -159,12 +172,12 @@ class IngressFlows:
 
         async def chain() -> ImageRecord | SearchEngineError:
             regions = await self.collection_has_regions()
-            decoded = await self.decoder.decode.remote(data, True, regions)
+            decoded = await self.to_decoder.call("decode", data, True, regions)
             # The pixels go to the Embedder only; the Indexer gets the vector with the
             # decode's size and thumbnail (150 kB of pixels add 3-4 ms to a hop, bench.hops).
-            embedded = await self.embedder.embed_upload.remote(decoded)
-            out: ImageRecord | SearchEngineError = await self.indexer.index.remote(
-                upload, data, embedded
+            embedded = await self.to_embedder.call("embed_upload", decoded)
+            out: ImageRecord | SearchEngineError = await self.to_indexer.call(
+                "index", upload, data, embedded
             )
             return out
 
@@ -261,9 +274,9 @@ class IngressFlows:
 
         async def chain() -> list[Hit]:
             # Decoded by the Embedder: the query's bytes make one hop, its pixels none.
-            vector = await self.embedder.embed_query.remote(data, resolved == "regions")
-            hits: list[Hit] = await self.indexer.search.remote(
-                vector, offset, limit, threshold, tags, resolved
+            vector = await self.to_embedder.call("embed_query", data, resolved == "regions")
+            hits: list[Hit] = await self.to_indexer.call(
+                "search", vector, offset, limit, threshold, tags, resolved
             )
             return hits
 
@@ -288,7 +301,7 @@ class IngressFlows:
 
         # The vector and the index are both the Indexer's: no model switch to ride out.
         hits: list[Hit] = await self.bounded(
-            self.indexer.search_stored.remote(meta_uuid, offset, limit, threshold, tags)
+            self.to_indexer.call("search_stored", meta_uuid, offset, limit, threshold, tags)
         )
         return hits
 

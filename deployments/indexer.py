@@ -15,6 +15,7 @@ from ray import serve
 
 from deployments import metrics
 from deployments.coalescing import Coalescer
+from deployments.hops import Call, run_many
 from deployments.replica_port import listen_on_node_address
 from image_search.config import settings_from_json
 from image_search.duplicates import DuplicatePage, DuplicateQuery
@@ -133,6 +134,11 @@ class Indexer:
         items = [self._item(w.upload, w.data, w.embedded.facts, w.embedded.embedding)
                  for w in writes]  # fmt: skip
         return await self._run(self.svc.index_many, items)
+
+    async def many(self, calls: list[Call]) -> list[Any]:
+        """Several of the Ingress's index and search calls in one hop (deployments/hops.py);
+        they then go into the writes and searches coalesced above like any others."""
+        return await run_many(self, ("index", "search", "search_stored"), calls)
 
     async def ingest_many(
         self,

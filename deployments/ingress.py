@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from ray import serve
@@ -11,6 +13,7 @@ from deployments.admission import AdmissionMiddleware
 from deployments.decoder import Decoder
 from deployments.embedder import Embedder
 from deployments.flows import IngressFlows
+from deployments.hops import LANES
 from deployments.http_errors import install_error_handling
 from deployments.indexer import Indexer
 from deployments.replica_port import listen_on_node_address
@@ -50,6 +53,10 @@ class Ingress:
     ) -> None:
         listen_on_node_address()
         self.flows = IngressFlows(decoder, embedder, indexer, settings_from_json(settings_json))
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """serve_config.yaml's user_config: hop_lanes (deployments/hops.py)."""
+        self.flows.set_lanes(int(user_config.get("hop_lanes", LANES)))
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         # Serve calls this once the replica is constructed: the app is built over its handles.

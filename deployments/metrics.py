@@ -49,6 +49,16 @@ def _indexer_batch() -> Histogram:
     )
 
 
+@cache
+def _hop_batch() -> Histogram:
+    return Histogram(
+        "ise_hop_batch_size",
+        description="The Ingress's calls per hop to a deployment (hop=decoder|embedder|indexer).",
+        boundaries=[1, 2, 4, 8, 16],
+        tag_keys=("hop",),
+    )
+
+
 def count_upload(outcome: str, n: int = 1) -> None:
     if n > 0:  # Ray's Counter refuses 0
         _uploads().inc(n, tags={"outcome": outcome})
@@ -65,6 +75,10 @@ def observe_batch(size: int, seconds: float) -> None:
 
 def observe_indexer_batch(call: str, size: int) -> None:
     _indexer_batch().observe(size, tags={"call": call})
+
+
+def observe_hop_batch(hop: str, size: int) -> None:
+    _hop_batch().observe(size, tags={"hop": hop})
 
 
 @cache

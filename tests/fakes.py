@@ -115,6 +115,11 @@ class FakeEmbedder:
     def embed_upload(self, image: DecodedImage) -> EmbeddedUpload:
         return EmbeddedUpload(self._one(image), image.facts())
 
+    async def many(self, calls: list[tuple[str, tuple[Any, ...]]]) -> list[Any]:
+        from deployments.hops import run_many  # Ray's; only the deployments' tests get here
+
+        return await run_many(self, ("embed_upload", "embed_query"), calls)
+
     def info(self) -> dict[str, Any]:
         return {"model_id": self.model_id, "dim": DIM}
 

@@ -47,3 +47,12 @@ def test_build_app_binds_the_four_deployments_with_the_given_options() -> None:
     names = [c._bound_deployment.name for c in children]
     assert names == ["Decoder", "Embedder", "Indexer"]
     assert children[0]._bound_deployment.num_replicas == 3
+
+
+def test_the_ingress_keeps_a_call_under_way_for_each_replica_it_calls() -> None:
+    # deployments/hops.py: calls beyond hop_lanes wait to go together, so fewer lanes than
+    # replicas would leave a replica idle under load.
+    options = serve_config_options(ROOT / "serve_config.yaml")
+    lanes = options["Ingress"]["user_config"]["hop_lanes"]
+    for name in ("Decoder", "Embedder"):
+        assert lanes == options[name]["autoscaling_config"]["max_replicas"], name

@@ -108,3 +108,58 @@ def test_a_wrong_number_of_results_is_an_error_not_a_mismatch() -> None:
 def test_a_batch_size_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         Coalescer(Recorder(), 0, "t")
+
+
+def test_lanes_run_that_many_batches_at_once_and_the_rest_wait_together() -> None:
+    async def main() -> None:
+        run = Recorder()
+        coalesce = Coalescer(run, 16, "t", lanes=2)
+        run.hold.clear()
+        first = asyncio.create_task(coalesce(0))
+        await asyncio.sleep(0.01)
+        second = asyncio.create_task(coalesce(1))  # a lane is free: it goes at once
+        await asyncio.sleep(0.01)
+        assert run.batches == [[0], [1]]
+        later = [asyncio.create_task(coalesce(i)) for i in range(2, 5)]
+        await asyncio.sleep(0.01)
+        assert run.batches == [[0], [1]]  # both lanes busy: these wait, together
+        run.hold.set()
+        assert [await t for t in (first, second, *later)] == [0, 10, 20, 30, 40]
+        assert run.batches == [[0], [1], [2, 3, 4]]
+
+    asyncio.run(main())
+
+
+def test_cancelled_lanes_tell_the_callers_left_waiting() -> None:
+    async def main() -> None:
+        run = Recorder()
+        coalesce = Coalescer(run, 16, "t", lanes=2)
+        run.hold.clear()
+        calls = [asyncio.create_task(coalesce(i)) for i in range(2)]
+        await asyncio.sleep(0.01)
+        waiting = asyncio.create_task(coalesce(2))
+        await asyncio.sleep(0.01)
+        for lane in list(coalesce._workers):  # the replica stopping
+            lane.cancel()
+        results = await asyncio.gather(*calls, waiting, return_exceptions=True)
+        assert all(isinstance(r, asyncio.CancelledError) for r in results)
+
+    asyncio.run(main())
+
+
+def test_lanes_below_one_are_refused() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        Coalescer(Recorder(), 4, "t", lanes=0)
+
+
+def test_a_call_made_as_soon_as_the_last_one_is_answered_still_finds_a_lane() -> None:
+    # The caller resumes before the ended lane's done-callback has run: counting that lane as
+    # busy would leave the call waiting with no lane to run it.
+    async def main() -> None:
+        run = Recorder()
+        coalesce = Coalescer(run, 16, "t", lanes=1)
+        for i in range(5):
+            assert await coalesce(i) == 10 * i
+        assert run.batches == [[i] for i in range(5)]
+
+    asyncio.run(asyncio.wait_for(main(), 2))

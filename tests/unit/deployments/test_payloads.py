@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from deployments.hops import BatchedHandle
 from tests.fakes import FakeHandle
 from tests.unit.deployments.conftest import Service, jpeg
 
@@ -66,7 +67,10 @@ def record(service: Service, datas: set[bytes]) -> Counter[tuple[str, str]]:
     seen: Counter[tuple[str, str]] = Counter()
     flows = service.flows
     for name in ("decoder", "embedder", "indexer"):
-        setattr(flows, name, Recording(name, getattr(flows, name), seen, datas))
+        recording = Recording(name, getattr(flows, name), seen, datas)
+        setattr(flows, name, recording)
+        # The hot path's calls go through the batched handles (deployments/hops.py).
+        setattr(flows, f"to_{name}", BatchedHandle(recording, name))
     return seen
 
 

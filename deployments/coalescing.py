@@ -31,15 +31,21 @@ class Coalescer(Generic[T, R]):
         name: str,
         lanes: int = 1,
     ) -> None:
-        if max_size < 1 or lanes < 1:
-            raise ValueError(f"max_size and lanes must be at least 1, got {max_size}, {lanes}")
+        if max_size < 1:
+            raise ValueError(f"max_size must be at least 1, got {max_size}")
         self._run = run
         self.max_size = max_size
-        self.lanes = lanes
+        self.set_lanes(lanes)
         self.name = name
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         # Kept here so that a running task cannot be collected mid-run.
         self._workers: set[asyncio.Task[None]] = set()
+
+    def set_lanes(self, lanes: int) -> None:
+        """Batches run at once from now on (a running one is never stopped for it)."""
+        if lanes < 1:
+            raise ValueError(f"lanes must be at least 1, got {lanes}")
+        self.lanes = lanes
 
     async def __call__(self, item: T) -> R:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()

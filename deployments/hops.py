@@ -94,9 +94,7 @@ class BatchedHandle:
                                                       lanes)  # fmt: skip
 
     def set_lanes(self, lanes: int) -> None:
-        if lanes < 1:
-            raise ValueError(f"hop_lanes must be at least 1, got {lanes}")
-        self._calls.lanes = lanes
+        self._calls.set_lanes(lanes)
 
     async def call(self, method: str, *args: Any) -> Any:
         outcome = await self._calls((method, args))

@@ -65,10 +65,13 @@ def start(
 
 
 def start_service(
-    workdir: Path, settings: Mapping[str, str], serve_args: Sequence[str] = ()
-) -> Server:
+    workdir: Path, settings: Mapping[str, str], serve_args: Sequence[str] = (),
+    code: Path | None = None,
+) -> Server:  # fmt: skip
     """`image-search serve`, as the README runs it, on free loopback ports with its Ray
     session and objects in `workdir`; `settings` (ISE__... variables) point it at its stores.
+    `code`: another checkout of the project (e.g. a `git worktree` of an older commit) to serve
+    instead of this one, its serve_config.yaml included, on this checkout's virtualenv.
     """
     port = free_port()
     env = {
@@ -81,8 +84,14 @@ def start_service(
         **settings,
     }
     env.pop("RAY_ADDRESS", None)  # always its own local cluster
-    cmd = [str(Path(sys.executable).parent / "image-search"), "serve", *serve_args]
     root = Path(__file__).resolve().parents[1]
+    if code is not None:
+        # The virtualenv's editable install resolves the project's packages to this checkout,
+        # but only after sys.path: PYTHONPATH puts the other one first, for the command and for
+        # every Ray worker it starts (they inherit its environment).
+        root = code.resolve()
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    cmd = [str(Path(sys.executable).parent / "image-search"), "serve", *serve_args]
     return start("service", cmd, f"http://127.0.0.1:{port}", workdir, env, root)
 
 

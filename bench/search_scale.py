@@ -34,6 +34,11 @@ and time) with each process's CPU per search, again at each --serve-ef; a few PO
 results and of VectorIndex.search (several ef) against exact brute force (numpy); RSS of the
 Indexer replica and of the vector server; the metadata store's queries at 10k rows and at N.
 Baselines: exact search for recall, a 10k-row database for the metadata queries.
+
+A change to the service, measured where it matters most: --alternate-code DIR serves another
+checkout (an older commit's `git worktree`) and this code in turn on the same filled stores,
+--rounds times, each round's searches the same for both. The fill takes most of a million-vector
+run, so this is the one way to compare two versions at a million in the same hour.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ import random
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -658,8 +664,10 @@ def wait_indexed(
 
 
 # -- the service -----------------------------------------------------------------------------------
-def start_service(workdir: Path, stores: Stores, choice: IndexChoice) -> processes.Server:
-    """`image-search serve` on free loopback ports, pointed at the filled stores.
+def start_service(workdir: Path, stores: Stores, choice: IndexChoice,
+                  code: Path | None = None) -> processes.Server:  # fmt: skip
+    """`image-search serve` on free loopback ports, pointed at the filled stores (`code`:
+    another checkout's, see processes.start_service).
 
     In a folder of its own below workdir, not workdir itself: stopping the service stops
     every process that names its folder, and the stores' processes name theirs (one run's
@@ -674,7 +682,18 @@ def start_service(workdir: Path, stores: Stores, choice: IndexChoice) -> process
         "ISE__STORES__INDEX_PARAMS": json.dumps(choice.index_params),
         "ISE__STORES__SEARCH_PARAMS": json.dumps(choice.search_params),
         "ISE__STORES__SEARCH_CONSISTENCY_LEVEL": choice.consistency,
-    })  # fmt: skip
+    }, code=code)  # fmt: skip
+
+
+def commit_of(checkout: Path) -> str:
+    """The checkout's commit, short, with `+` when its tracked files differ from it."""
+
+    def git(*cmd: str) -> str:
+        done = subprocess.run(["git", "-C", str(checkout), *cmd], capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    head = git("rev-parse", "--short", "HEAD") or "?"
+    return head + ("+" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 @dataclass
@@ -971,6 +990,26 @@ def run_store(kind: str, args: argparse.Namespace, basis: Basis, workdir: Path) 
                                                     args.deadline)  # fmt: skip
                 logger.info("  served recall@10 at ef %d: %s", ef, fmt(at["recall_served"], 4))
                 out.setdefault("http_at_ef", {})[str(ef)] = at
+            if args.alternate_code is not None:
+                sides = [("this", ROOT), ("other", args.alternate_code)]
+                out["alternated"] = {"commits": {k: commit_of(c) for k, c in sides}}
+                for r in range(args.rounds):
+                    # This code first in even rounds, the other in odd ones: a drift over the
+                    # run (the host's neighbours, the store's caches) falls on both alike.
+                    for label, code in sides if r % 2 == 0 else sides[::-1]:
+                        with SIGNALS.uninterrupted():
+                            if server is not None:
+                                processes.stop(server)
+                        server = None
+                        logger.info("  round %d: the service of %s (%s)", r + 1, label,
+                                    out["alternated"]["commits"][label])  # fmt: skip
+                        server = start_service(workdir, stores, choice, code)
+                        processes.wait_ready(server, "/readyz", args.ready_timeout)
+                        # The same searches for both sides of a round.
+                        same = np.random.default_rng([SEED, 11, r])
+                        at = measure_stored(server, args.vectors, args.clients, args.requests,
+                                            args.deadline, same)  # fmt: skip
+                        out["alternated"].setdefault(label, []).append(at)
     except Exception as exc:
         status = stores.vector_exit()
         if status is None:
@@ -1077,6 +1116,18 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> list[str]
                      for c, m in runs]  # fmt: skip
             lines.append(f"{r['store']}: served at ef {ef}: " + ", ".join(cells)
                          + f"; recall served {fmt(at['recall_served'], 4)}")  # fmt: skip
+        alt = r.get("alternated")
+        if alt:
+            lines.append(f"{r['store']}: alternated, this code ({alt['commits']['this']}) "
+                         f"against the other ({alt['commits']['other']}), searches by stored "
+                         "image, p50/p99 ms (searches/s), CPU ms a search:")  # fmt: skip
+            for label in ("this", "other"):
+                for i, at in enumerate(alt.get(label, [])):
+                    cells = [f"{fmt(m['p50_ms'])}/{fmt(m['p99_ms'])} ({fmt(m['req_s'], 1)}/s, "
+                             f"{fmt(m['cpu']['ms_per_request'], 1)}) x{c}"
+                             for c in args.clients
+                             if (m := at.get(f"stored_c{c}"))]  # fmt: skip
+                    lines.append(f"    {label:<5} round {i + 1}: " + ", ".join(cells))
         http_lists = {k: v["p50_ms"] for k, v in r["http"].items() if k.startswith("GET ")}
         lines.append(f"{r['store']}: HTTP p50 ms: " +
                      ", ".join(f"{k[4:]} {fmt(v, 1)}" for k, v in http_lists.items()))  # fmt: skip
@@ -1127,6 +1178,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--serve-ef", default="",
                     help="HNSW ef to serve again with after the configured one (HTTP searches "
                          "by stored image and served recall at each), e.g. 64")  # fmt: skip
+    ap.add_argument("--alternate-code", type=Path, metavar="DIR",
+                    help="another checkout of the project (e.g. `git worktree add DIR "
+                         "<commit>`): after the other phases, serve it and this code in turn "
+                         "on the same filled stores and measure the searches by stored image "
+                         "of each, --rounds times")  # fmt: skip
+    ap.add_argument("--rounds", type=int, default=2, help="rounds of --alternate-code")
     ap.add_argument("--ready-timeout", type=float, default=600.0)
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--keep", action="store_true", help="keep the work folders")
@@ -1139,6 +1196,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.serve_ef = [int(e) for e in str(args.serve_ef).split(",") if e]
     if args.index_type != "HNSW":
         args.ef_sweep, args.serve_ef = [], []
+    other = args.alternate_code
+    if other is not None and not (other / "serve_config.yaml").is_file():
+        ap.error(f"--alternate-code: {args.alternate_code} holds no serve_config.yaml, so it is "
+                 "not a checkout of this project")  # fmt: skip
     args.queries = min(args.queries, args.vectors)
     return args
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -380,3 +381,96 @@ def test_a_milvus_servers_collection_is_released_before_the_bulk_insert(
     assert calls[-3:] == ["flush", "load", "search"]
     inserts = calls[int(released) : -3]
     assert inserts and set(inserts) == {"insert"}
+
+
+def test_alternate_code_must_be_a_checkout_and_is_measured_in_turn_on_the_same_stores(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, basis: ss.Basis
+) -> None:
+    with pytest.raises(SystemExit):
+        ss.parse_args(["--alternate-code", str(tmp_path)])  # no serve_config.yaml there
+    other = tmp_path / "older"
+    other.mkdir()
+    (other / "serve_config.yaml").write_text("applications: []\n")
+    args = ss.parse_args(["--store", "server", "--vectors", "30", "--queries", "4",
+                          "--alternate-code", str(other), "--rounds", "3"])  # fmt: skip
+    assert args.alternate_code == other and args.rounds == 3
+
+    stopped: list[str] = []
+    stores = ss.Stores("server", "sqlite://", "sqlite://", "x", "http://127.0.0.1:1",
+                       lambda: None, stop=lambda: stopped.append("stores"))  # fmt: skip
+    monkeypatch.setattr(ss, "server_stores", lambda *a, **k: stores)
+    for name, value in [
+        ("fill_metadata", 0.0),
+        ("fill_vectors", {}),
+        ("metadata_latencies", {}),
+        ("direct_recall", []),
+        ("served_recall", 1.0),
+        ("replica_pids", []),
+    ]:
+        monkeypatch.setattr(ss, name, lambda *a, _v=value, **k: _v)  # fmt: skip
+    monkeypatch.setattr(ss, "exact_truth", lambda b, n, q: ([[0]] * len(q), 0.0))
+    monkeypatch.setattr(ss.processes, "wait_ready", lambda *a, **k: None)
+    started: list[Path | None] = []
+    servers: dict[int, Any] = {}
+
+    def start(workdir: Path, stores: ss.Stores, choice: ss.IndexChoice,
+              code: Path | None = None) -> Any:  # fmt: skip
+        started.append(code)
+        server = SimpleNamespace(workdir=workdir)
+        servers[id(server)] = code
+        return server
+
+    monkeypatch.setattr(ss, "start_service", start)
+    monkeypatch.setattr(ss.processes, "stop", lambda server: stopped.append("service"))
+    searched: list[tuple[Path | None, list[int]]] = []
+
+    def measure(server: Any, n: int, clients: list[int], requests: int, deadline_s: float,
+                rng: np.random.Generator) -> dict[str, Any]:  # fmt: skip
+        searched.append((servers[id(server)], rng.integers(n, size=5).tolist()))
+        return {"stored_c16": {"p50_ms": 1.0}}
+
+    monkeypatch.setattr(ss, "measure_stored", measure)
+    monkeypatch.setattr(ss, "measure_http", lambda server, *a: {})
+    out = ss.run_store("server", args, basis, tmp_path)
+
+    # The first service (this code's) for the usual phases, then the rounds, the side that goes
+    # first swapped each round; each side of a round searches the same rows.
+    assert started == [None, ss.ROOT, other, other, ss.ROOT, ss.ROOT, other]
+    rounds = [searched[i : i + 2] for i in range(0, 6, 2)]
+    assert all(a[1] == b[1] for a, b in rounds) and rounds[0][0][1] != rounds[1][0][1]
+    assert len(out["alternated"]["this"]) == len(out["alternated"]["other"]) == 3
+    assert set(out["alternated"]["commits"]) == {"this", "other"}
+    # Every service stopped, the last one too, then the stores.
+    assert stopped == ["service"] * 7 + ["stores"]
+
+
+def test_alternated_rounds_are_reported_side_by_side() -> None:
+    args = ss.parse_args(["--clients", "1,16"])
+    result = server_result()
+    timed = {"stored_c16": {"p50_ms": 60.0, "p99_ms": 90.0, "req_s": 250.0,
+                            "cpu": {"ms_per_request": 7.04}}}  # fmt: skip
+    result["alternated"] = {"commits": {"this": "abc1234", "other": "def5678+"},
+                            "this": [timed], "other": [timed, timed]}  # fmt: skip
+    lines = ss.report([result], args)
+    assert any("this code (abc1234) against the other (def5678+)" in line for line in lines)
+    assert "    this  round 1: 60/90 (250.0/s, 7.0) x16" in lines, lines
+    assert "    other round 2: 60/90 (250.0/s, 7.0) x16" in lines, lines
+
+
+def test_commit_of_names_the_checkouts_commit_and_marks_a_changed_one(tmp_path: Path) -> None:
+    def git(*cmd: str) -> str:
+        env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+               "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}  # fmt: skip
+        done = subprocess.run(["git", "-C", str(tmp_path), *cmd], env=env, check=True,
+                              capture_output=True, text=True)  # fmt: skip
+        return done.stdout.strip()
+
+    assert ss.commit_of(tmp_path) == "?"  # not a git checkout
+    git("init", "-q")
+    (tmp_path / "f").write_text("1")
+    git("add", "f")
+    git("commit", "-q", "-m", "one")
+    head = git("rev-parse", "--short", "HEAD")
+    assert ss.commit_of(tmp_path) == head
+    (tmp_path / "f").write_text("2")
+    assert ss.commit_of(tmp_path) == head + "+"

@@ -1200,6 +1200,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if other is not None and not (other / "serve_config.yaml").is_file():
         ap.error(f"--alternate-code: {args.alternate_code} holds no serve_config.yaml, so it is "
                  "not a checkout of this project")  # fmt: skip
+    if args.rounds < 1:
+        ap.error(f"--rounds: at least 1, not {args.rounds}")
     args.queries = min(args.queries, args.vectors)
     return args
 

@@ -394,6 +394,8 @@ def test_alternate_code_must_be_a_checkout_and_is_measured_in_turn_on_the_same_s
     args = ss.parse_args(["--store", "server", "--vectors", "30", "--queries", "4",
                           "--alternate-code", str(other), "--rounds", "3"])  # fmt: skip
     assert args.alternate_code == other and args.rounds == 3
+    with pytest.raises(SystemExit):
+        ss.parse_args(["--alternate-code", str(other), "--rounds", "0"])
 
     stopped: list[str] = []
     stores = ss.Stores("server", "sqlite://", "sqlite://", "x", "http://127.0.0.1:1",

@@ -998,8 +998,7 @@ def run_store(kind: str, args: argparse.Namespace, basis: Basis, workdir: Path) 
                     # run (the host's neighbours, the store's caches) falls on both alike.
                     for label, code in sides if r % 2 == 0 else sides[::-1]:
                         with SIGNALS.uninterrupted():
-                            if server is not None:
-                                processes.stop(server)
+                            processes.stop(server)
                         server = None
                         logger.info("  round %d: the service of %s (%s)", r + 1, label,
                                     out["alternated"]["commits"][label])  # fmt: skip

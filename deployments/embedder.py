@@ -28,10 +28,11 @@ from image_search.regions import RegionVectors
 logger = logging.getLogger(__name__)
 MAX_BATCH_SIZE = 16
 BATCH_WAIT_TIMEOUT_S = 0.01
-# Queries decoded at once in one replica: as many as the 2 cores, so that decodes under load
-# queue here instead of taking the CPU from the forward pass they feed (PIL and ONNX Runtime
-# both release the GIL, so these threads and the model's run side by side).
-QUERY_DECODE_THREADS = 2
+# Decodes at once in one replica (queries, and the uploads the Ingress sends here undecoded:
+# IngressFlows.index_one): as many as the 2 cores, so that decodes under load queue here
+# instead of taking the CPU from the forward pass they feed (PIL and ONNX Runtime both release
+# the GIL, so these threads and the model's run side by side).
+DECODE_THREADS = 2
 
 
 @serve.deployment
@@ -42,7 +43,7 @@ class Embedder:
         self.model = load_embedder(settings.model)
         self.model_settings = settings.model
         self.decoding = Decoding.from_settings(settings)
-        self._decode_pool = ThreadPoolExecutor(QUERY_DECODE_THREADS, "query-decode")
+        self._decode_pool = ThreadPoolExecutor(DECODE_THREADS, "decode")
         self._regions: RegionEmbedder | None = None  # loaded on the first image with views
         # The first forward pass allocates and picks kernels; pay it before taking traffic.
         spec = self.model.spec
@@ -100,10 +101,20 @@ class Embedder:
         decode that the Indexer stores: the pixels stop here, they go no further."""
         return EmbeddedUpload(await self.embed(image), image.facts())
 
+    async def embed_upload_bytes(self, data: bytes, regions: bool = False) -> EmbeddedUpload:
+        """An uploaded file's vector and facts, from its bytes: the Decoder's work done here,
+        in the decode threads, for an upload that arrives while few others are under way
+        (IngressFlows.index_one says when). The same recipe as the Decoder's, so the same
+        bytes give the same vector whichever way they came."""
+        loop = asyncio.get_running_loop()
+        image = await loop.run_in_executor(self._decode_pool, self.decoding.decode, data,
+                                           True, regions)  # fmt: skip
+        return await self.embed_upload(image)
+
     async def many(self, calls: list[Call]) -> list[Any]:
-        """Several of the Ingress's embed_upload and embed_query calls in one hop
-        (deployments/hops.py); their images go through `embed` together."""
-        return await run_many(self, ("embed_upload", "embed_query"), calls)
+        """Several of the Ingress's embed_upload, embed_upload_bytes and embed_query calls
+        in one hop (deployments/hops.py); their images go through `embed` together."""
+        return await run_many(self, ("embed_upload", "embed_upload_bytes", "embed_query"), calls)
 
     def info(self) -> dict[str, Any]:
         """model_id, dim, and the runtime and precision it resolved to, with the reason."""

@@ -36,6 +36,11 @@ SWITCH_WAIT_S = 0.5
 # vectors (uploads bring their views only then); a switch to a collection with them is
 # ridden out by the Indexer refusing an upload without them with a retryable 503.
 REGIONS_TTL_S = 5.0
+# Uploads under way at one Ingress replica, this one included, up to which an upload's bytes
+# go straight to the Embedder, which decodes them as it does a query's; the ones beyond go
+# through the Decoder. serve_config.yaml's Ingress user_config says otherwise
+# (direct_decode_max, where it says why 4 and what it measured).
+DIRECT_DECODE_MAX = 4
 NO_REGIONS = (
     "this collection has no region vectors: search with mode=global, or build them with "
     "`python -m pipelines.reembed --regions --collection NEW` (README, Region search)"
@@ -108,6 +113,15 @@ class IngressFlows:
         self.to_indexer = BatchedHandle(indexer, "indexer", lane_bound)
         self._has_regions = False
         self._regions_checked = -float("inf")
+        self._uploads_in_flight = 0
+        self.direct_decode_max = DIRECT_DECODE_MAX
+
+    def set_direct_decode_max(self, uploads: int) -> None:
+        """Uploads under way here up to which the Embedder decodes them (0: the Decoder
+        always does)."""
+        if uploads < 0:
+            raise ValueError(f"direct_decode_max must be at least 0, not {uploads}")
+        self.direct_decode_max = uploads
 
     def set_lanes(self, lanes: int) -> None:
         """Calls under way at once to each deployment before the next ones go together."""
@@ -172,16 +186,28 @@ class IngressFlows:
 
         async def chain() -> ImageRecord | SearchEngineError:
             regions = await self.collection_has_regions()
-            decoded = await self.to_decoder.call("decode", data, True, regions)
-            # The pixels go to the Embedder only; the Indexer gets the vector with the
-            # decode's size and thumbnail (150 kB of pixels add 3-4 ms to a hop, bench.hops).
-            embedded = await self.to_embedder.call("embed_upload", decoded)
+            embedded: EmbeddedUpload
+            if self._uploads_in_flight <= self.direct_decode_max:
+                # Few uploads under way: the Embedder decodes this one itself, one hop fewer
+                # and no pixels on any hop, as for a query. Past that its decode threads are
+                # busy, and the Decoder's replicas take the decodes, so the Embedder's CPU
+                # stays on the model and a cluster spreads them over the Decoders' nodes.
+                embedded = await self.to_embedder.call("embed_upload_bytes", data, regions)
+            else:
+                decoded = await self.to_decoder.call("decode", data, True, regions)
+                # The pixels go to the Embedder only; the Indexer gets the vector with the
+                # decode's size and thumbnail (150 kB of pixels add 3-4 ms to a hop, bench.hops).
+                embedded = await self.to_embedder.call("embed_upload", decoded)
             out: ImageRecord | SearchEngineError = await self.to_indexer.call(
                 "index", upload, data, embedded
             )
             return out
 
-        rec = await self.bounded(chain(), shield=True)
+        self._uploads_in_flight += 1
+        try:
+            rec = await self.bounded(chain(), shield=True)
+        finally:
+            self._uploads_in_flight -= 1
         if isinstance(rec, SearchEngineError):
             raise rec
         return rec

@@ -12,7 +12,7 @@ from ray.serve.handle import DeploymentHandle
 from deployments.admission import AdmissionMiddleware
 from deployments.decoder import Decoder
 from deployments.embedder import Embedder
-from deployments.flows import IngressFlows
+from deployments.flows import DIRECT_DECODE_MAX, IngressFlows
 from deployments.hops import LANES
 from deployments.http_errors import install_error_handling
 from deployments.indexer import Indexer
@@ -55,8 +55,12 @@ class Ingress:
         self.flows = IngressFlows(decoder, embedder, indexer, settings_from_json(settings_json))
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """serve_config.yaml's user_config: hop_lanes (deployments/hops.py)."""
+        """serve_config.yaml's user_config: hop_lanes (deployments/hops.py) and
+        direct_decode_max (deployments/flows.py)."""
         self.flows.set_lanes(int(user_config.get("hop_lanes", LANES)))
+        self.flows.set_direct_decode_max(
+            int(user_config.get("direct_decode_max", DIRECT_DECODE_MAX))
+        )
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         # Serve calls this once the replica is constructed: the app is built over its handles.

@@ -115,10 +115,14 @@ class FakeEmbedder:
     def embed_upload(self, image: DecodedImage) -> EmbeddedUpload:
         return EmbeddedUpload(self._one(image), image.facts())
 
+    def embed_upload_bytes(self, data: bytes, regions: bool = False) -> EmbeddedUpload:
+        assert self.decoding is not None, "the service sets how its uploads are decoded"
+        return self.embed_upload(self.decoding.decode(data, True, regions))
+
     async def many(self, calls: list[tuple[str, tuple[Any, ...]]]) -> list[Any]:
         from deployments.hops import run_many  # Ray's; only the deployments' tests get here
 
-        return await run_many(self, ("embed_upload", "embed_query"), calls)
+        return await run_many(self, ("embed_upload", "embed_upload_bytes", "embed_query"), calls)
 
     def info(self) -> dict[str, Any]:
         return {"model_id": self.model_id, "dim": DIM}

@@ -183,7 +183,8 @@ def test_bad_uploads_get_4xx_and_server_stays_up(
     assert client.get("/healthz").status_code == 200
 
 
-# Both routes: an upload is decoded by the Decoder, a query by the Embedder (embed_query).
+# Both routes: an upload is decoded by the Embedder (alone) or the Decoder (under load), a
+# query by the Embedder (embed_query).
 @pytest.mark.parametrize("route", ["/meta/image/file", "/sample/file"])
 def test_truncated_photo_is_400(client: httpx.Client, photos: dict[str, bytes], route: str) -> None:
     data = photos["astronaut"]

@@ -22,7 +22,9 @@ RUN_BOUND_S = 900
 # The processes each phase cannot do without, by the names bench.cpu gives them. Not Serve's
 # HTTP proxy: the Ingress replica answers HTTP itself (deployments.cluster.direct_ingress_env).
 PHASE_DOERS = {
-    "ours": {"ingest": {"Ingress", "Decoder", "Embedder", "Indexer"},
+    # Not the Decoder: at the smoke's 1 and 2 clients the Embedder decodes each upload
+    # (serve_config.yaml, direct_decode_max).
+    "ours": {"ingest": {"Ingress", "Embedder", "Indexer"},
              "search": {"Ingress", "Embedder", "Indexer", "Milvus Lite"}},
     "ref": {"ingest": {"reference server"}, "search": {"reference server"}},
 }  # fmt: skip

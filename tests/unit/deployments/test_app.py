@@ -56,3 +56,15 @@ def test_the_ingress_keeps_a_call_under_way_for_each_replica_it_calls() -> None:
     lanes = options["Ingress"]["user_config"]["hop_lanes"]
     for name in ("Decoder", "Embedder"):
         assert lanes == options[name]["autoscaling_config"]["max_replicas"], name
+
+
+def test_uploads_decode_in_the_embedders_while_their_decode_threads_have_room() -> None:
+    # serve_config.yaml's direct_decode_max: as many uploads as the Embedders decode at once,
+    # and the code's default (a deployment started without user_config) the same.
+    from deployments.embedder import DECODE_THREADS
+    from deployments.flows import DIRECT_DECODE_MAX
+
+    options = serve_config_options(ROOT / "serve_config.yaml")
+    direct = options["Ingress"]["user_config"]["direct_decode_max"]
+    embedders = options["Embedder"]["autoscaling_config"]["max_replicas"]
+    assert direct == DECODE_THREADS * embedders == DIRECT_DECODE_MAX

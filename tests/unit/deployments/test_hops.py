@@ -159,3 +159,17 @@ def test_the_ingress_sets_the_lanes_of_every_hop_from_its_user_config(service: A
     assert [h._calls.lanes for h in hops] == [3, 3, 3]
     with pytest.raises(ValueError, match="at least 1"):
         reconfigure(ingress, {"hop_lanes": 0})
+
+
+def test_the_ingress_sets_direct_decode_max_from_its_user_config(service: Any) -> None:
+    from deployments.flows import DIRECT_DECODE_MAX
+    from deployments.ingress import Ingress
+
+    reconfigure = cast(Any, Ingress).func_or_class.reconfigure
+    ingress = SimpleNamespace(flows=service.flows)
+    reconfigure(ingress, {"hop_lanes": 2, "direct_decode_max": 0})
+    assert service.flows.direct_decode_max == 0
+    reconfigure(ingress, {"hop_lanes": 2})  # not given: the default again
+    assert service.flows.direct_decode_max == DIRECT_DECODE_MAX
+    with pytest.raises(ValueError, match="at least 0"):
+        reconfigure(ingress, {"direct_decode_max": -1})

@@ -1,19 +1,23 @@
-"""What each call of an upload carries, single or batch: the pixels come out of the Decoder and
-go into the Embedder and no other call, the bytes go to the Decoder and the Indexer (which
-stores them), and no call returns the bytes. A search's bytes go to the Embedder alone, and its
-pixels nowhere. (These count the calls' arguments and results; the Ingress passes each result
-on, deployments.flows says why.)"""
+"""What each call of an upload carries, single or batch. An upload with few others under way
+sends its bytes to the Embedder (which decodes it) and to the Indexer (which stores them), its
+pixels nowhere; past `direct_decode_max` uploads under way, the pixels come out of the Decoder
+and go into the Embedder and no other call, and the bytes go to the Decoder and the Indexer. No
+call returns the bytes. A search's bytes go to the Embedder alone, and its pixels nowhere.
+(These count the calls' arguments and results; the Ingress passes each result on,
+deployments.flows says why.)"""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 from collections import Counter
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import pytest
 
 from deployments.hops import BatchedHandle
 from tests.fakes import FakeHandle
@@ -78,7 +82,7 @@ def crossings(seen: Counter[tuple[str, str]], what: str) -> dict[str, int]:
     return {where: n for (where, kind), n in seen.items() if kind == what}
 
 
-def test_an_upload_sends_its_pixels_once_and_its_bytes_to_the_two_that_need_them(
+def test_an_upload_alone_sends_its_bytes_to_the_embedder_and_the_indexer_and_no_pixels(
     service: Service,
 ) -> None:
     data = jpeg(7, (640, 480))
@@ -86,9 +90,62 @@ def test_an_upload_sends_its_pixels_once_and_its_bytes_to_the_two_that_need_them
     r = service.client.post("/meta/image/file", files={"file": ("a.jpg", data)})
     assert r.status_code == 200, r.text
     assert r.json()["data"]["width"] == 640  # the size still reaches the record
+    # Decoded where its bytes arrive, as a query is: no trip through the Decoder.
+    assert crossings(seen, "bytes") == {"embedder in": 1, "indexer in": 1}
+    assert crossings(seen, "pixels") == {}
+
+
+def test_an_upload_through_the_decoder_sends_its_pixels_once(service: Service) -> None:
+    service.flows.set_direct_decode_max(0)  # the Decoder always decodes
+    data = jpeg(7, (640, 480))
+    seen = record(service, {data})
+    r = service.client.post("/meta/image/file", files={"file": ("a.jpg", data)})
+    assert r.status_code == 200, r.text
+    assert r.json()["data"]["width"] == 640
     # Out of the Decoder once, into the Embedder once; never into the Indexer.
     assert crossings(seen, "pixels") == {"decoder out": 1, "embedder in": 1}
     assert crossings(seen, "bytes") == {"decoder in": 1, "indexer in": 1}
+
+
+def test_uploads_past_direct_decode_max_go_through_the_decoder(service: Service) -> None:
+    service.flows.set_direct_decode_max(2)
+    datas = [jpeg(20 + i, (320, 240)) for i in range(3)]
+    seen = record(service, set(datas))
+
+    async def at_once() -> list[Any]:
+        return await asyncio.gather(
+            *(service.flows.index_one(d, f"{i}.jpg", None) for i, d in enumerate(datas))
+        )
+
+    records = asyncio.run(at_once())
+    assert sorted(r.meta_uuid for r in records) == sorted(hashlib.md5(d).hexdigest()
+                                                          for d in datas)  # fmt: skip
+    # Three under way when each chose: each went through the Decoder.
+    assert crossings(seen, "pixels") == {"decoder out": 3, "embedder in": 3}
+    assert crossings(seen, "bytes") == {"decoder in": 3, "indexer in": 3}
+    assert service.flows._uploads_in_flight == 0  # each counted out when its trip ended
+
+
+def test_an_upload_gets_the_same_vector_and_facts_either_way(make_service: Any) -> None:
+    data = jpeg(11, (800, 600))
+    got = []
+    for direct in (4, 0):
+        service = make_service()
+        service.flows.set_direct_decode_max(direct)
+        r = service.client.post("/meta/image/file", files={"file": ("a.jpg", data)})
+        assert r.status_code == 200, r.text
+        body = r.json()["data"]
+        vector = service.vectors.get([body["milvus_id"]])[body["milvus_id"]]
+        thumb = service.client.get(f"/meta/image/{body['meta_uuid']}/thumbnail").content
+        got.append((vector, body["width"], body["height"], thumb))
+    (v_direct, *facts_direct), (v_decoder, *facts_decoder) = got
+    np.testing.assert_array_equal(v_direct, v_decoder)
+    assert facts_direct == facts_decoder
+
+
+def test_direct_decode_max_below_zero_is_refused(service: Service) -> None:
+    with pytest.raises(ValueError, match="at least 0"):
+        service.flows.set_direct_decode_max(-1)
 
 
 def test_a_batch_upload_sends_pixels_only_for_new_content_and_never_back(

@@ -90,10 +90,7 @@ class Embedder:
         ones. A query needs no size or thumbnail, so no part of its decode has to go anywhere
         else, and decoding it where its bytes arrive saves the trip through the Decoder: one
         hop fewer per search, 9-12 ms of a one-client search on 2 cores (README, bench.compare)."""
-        loop = asyncio.get_running_loop()
-        image = await loop.run_in_executor(self._decode_pool, self.decoding.decode, data,
-                                           False, regions)  # fmt: skip
-        embedded: Embedding = await self.embed(image)
+        embedded: Embedding = await self.embed(await self._decode(data, False, regions))
         return embedded
 
     async def embed_upload(self, image: DecodedImage) -> EmbeddedUpload:
@@ -106,10 +103,13 @@ class Embedder:
         in the decode threads, for an upload that arrives while few others are under way
         (IngressFlows.index_one says when). The same recipe as the Decoder's, so the same
         bytes give the same vector whichever way they came."""
+        return await self.embed_upload(await self._decode(data, True, regions))
+
+    async def _decode(self, data: bytes, for_index: bool, regions: bool) -> DecodedImage:
+        """Decoding.decode in the decode threads (DECODE_THREADS says why there)."""
         loop = asyncio.get_running_loop()
-        image = await loop.run_in_executor(self._decode_pool, self.decoding.decode, data,
-                                           True, regions)  # fmt: skip
-        return await self.embed_upload(image)
+        return await loop.run_in_executor(self._decode_pool, self.decoding.decode, data,
+                                          for_index, regions)  # fmt: skip
 
     async def many(self, calls: list[Call]) -> list[Any]:
         """Several of the Ingress's embed_upload, embed_upload_bytes and embed_query calls

@@ -17,10 +17,13 @@ import os
 import subprocess
 import sys
 import time
+from typing import cast
 
 import numpy as np
 
 from image_search.embedding import ALLOCATOR_ENV
+from image_search.embedding.runtime import PrecisionSetting, RuntimeSetting, resolve
+from image_search.errors import ConfigError
 
 logger = logging.getLogger("bench.embedding")
 # (label, batch, runtime, precision, allocator settings of serve_config.yaml)
@@ -84,8 +87,14 @@ def main() -> None:
     from image_search.config import ModelSettings
 
     default = ModelSettings.model_validate({"name": args.model}).runtime_choice()
-    rows = []
+    rows: list[tuple[str, float | None]] = []
     for label, batch, runtime, precision, tuned in CONFIGS:
+        refused = refusal(args.model, runtime, precision)
+        if refused:
+            # E.g. OpenVINO bf16 on a CPU without bf16 instructions: the service refuses it
+            # too, so there is nothing to measure (and its worker would exit with the error).
+            rows.append((f" {label}: refused on this CPU ({refused})", None))
+            continue
         env = {**os.environ, **(ALLOCATOR_ENV if tuned else {})}
         if not tuned:
             for key in ALLOCATOR_ENV:
@@ -105,7 +114,19 @@ def main() -> None:
                 args.model, args.images, args.passes, args.threads, default.tag,
                 default.reason)  # fmt: skip
     for label, rate in rows:
-        logger.info("%-46s %7.1f img/s   ratio %.2f", label, rate, rate / base)
+        if rate is None or base is None:
+            logger.info("%s", label)
+        else:
+            logger.info("%-46s %7.1f img/s   ratio %.2f", label, rate, rate / base)
+
+
+def refusal(model: str, runtime: str, precision: str) -> str | None:
+    """Why the service would refuse this runtime and precision on this CPU; None if it runs."""
+    try:
+        resolve(model, cast(RuntimeSetting, runtime), cast(PrecisionSetting, precision))
+    except ConfigError as exc:
+        return str(exc)
+    return None
 
 
 if __name__ == "__main__":

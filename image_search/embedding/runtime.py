@@ -28,8 +28,9 @@ PrecisionSetting = Literal["auto", "fp32", "bf16", "int8"]
 
 CPUINFO = Path("/proc/cpuinfo")
 # int8 dot products in hardware: AVX-512 VNNI (Cascade Lake+, Zen 4+), AVX-VNNI (Alder Lake+),
-# AMX (Sapphire Rapids+). Without them ONNX Runtime emulates u8*s8 with 16-bit intermediates,
-# which is slower than fp32 and can saturate.
+# AMX (Sapphire Rapids+). Without them ONNX Runtime's AVX2 kernels add u8*s8 pairs in 16 bits,
+# which saturate: faster than fp32 on some CPUs, but the int8 build then fails the quality
+# gate (docs/model-runtimes.md), so auto serves fp32 there.
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 # bf16 arithmetic in hardware; elsewhere torch emulates it, slower than fp32, and OpenVINO
 # would quietly run fp32.
@@ -113,7 +114,9 @@ def resolve(
                 "openvino", "bf16", f"auto: CPU has {bf16_hw}; OpenVINO bf16 passed the gate"
             )
         if not int8_hw:
-            return RuntimeChoice("onnx", "fp32", "auto: no VNNI/AMX, int8 would be emulated")
+            return RuntimeChoice(
+                "onnx", "fp32", "auto: no VNNI/AMX, int8 would saturate (fails the gate)"
+            )
         if model not in GATED_INT8:
             return RuntimeChoice(
                 "onnx", "fp32", f"auto: int8 of {model} is not quality-gated (opt in: int8)"

@@ -17,12 +17,10 @@ import os
 import subprocess
 import sys
 import time
-from typing import cast
 
 import numpy as np
 
 from image_search.embedding import ALLOCATOR_ENV
-from image_search.embedding.runtime import PrecisionSetting, RuntimeSetting, resolve
 from image_search.errors import ConfigError
 
 logger = logging.getLogger("bench.embedding")
@@ -121,9 +119,14 @@ def main() -> None:
 
 
 def refusal(model: str, runtime: str, precision: str) -> str | None:
-    """Why the service would refuse this runtime and precision on this CPU; None if it runs."""
+    """Why the service (and this benchmark's worker) would refuse this runtime and precision
+    on this CPU; None if it runs. The settings are checked as the worker checks them."""
+    from image_search.config import ModelSettings
+
     try:
-        resolve(model, cast(RuntimeSetting, runtime), cast(PrecisionSetting, precision))
+        ModelSettings.model_validate(
+            {"name": model, "runtime": runtime, "precision": precision}
+        ).runtime_choice()
     except ConfigError as exc:
         return str(exc)
     return None
